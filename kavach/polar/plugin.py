@@ -1,0 +1,548 @@
+"""The Polar plugin's domain layer: checkouts, subscription state and webhook ingest.
+
+Transport and protocol live in :mod:`kavach.polar.client`; signatures in
+:mod:`kavach.polar.webhooks`; this module decides what a checkout carries, which user a
+subscription belongs to, and when state may change (see design.md, "Webhooks").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import attrs
+import requests
+
+from kavach.errors import (
+    ConfigurationError,
+    ConflictError,
+    OrganizationMismatchError,
+    UserNotFoundError,
+    WebhookCallbackError,
+    WebhookPayloadError,
+    WebhookVerificationError,
+)
+from kavach.polar.client import PRODUCTION_API_URL, SANDBOX_API_URL, PolarClient
+from kavach.polar.models import Checkout
+from kavach.polar.subscriptions import (
+    PolarSubscription,
+    SubscriptionPayloadError,
+    organization_of,
+    parse_datetime,
+    state_from_payload,
+)
+from kavach.polar.webhooks import DEFAULT_TOLERANCE_SECONDS, WebhookVerifier
+from kavach.records import InboxEvent, SubscriptionState, UserRecord
+
+if TYPE_CHECKING:
+    from kavach.clock import Clock
+    from kavach.core import Kavach
+    from kavach.stores.base import Store
+
+log = logging.getLogger("kavach.polar")
+
+#: The ``subscription.*`` events that carry a Subscription object and update state.
+SUBSCRIPTION_EVENTS = frozenset(
+    {
+        "subscription.created",
+        "subscription.updated",
+        "subscription.active",
+        "subscription.canceled",
+        "subscription.uncanceled",
+        "subscription.past_due",
+        "subscription.paused",
+        "subscription.resumed",
+        "subscription.cycled",
+        "subscription.revoked",
+    }
+)
+#: The metadata key kavach puts on checkouts (Polar copies it onto the subscription).
+USER_ID_METADATA_KEY = "kavach_user_id"
+DEFAULT_MAX_WEBHOOK_BODY = 1024 * 1024
+
+SubscriptionCallback = Callable[[str, PolarSubscription], object]
+
+
+@attrs.frozen
+class WebhookOutcome:
+    """What :meth:`PolarPlugin.handle_webhook` did with one delivery.
+
+    ``outcome`` is one of ``applied`` (state changed, callback ran), ``stale`` (an older
+    or equal version than stored: nothing changed), ``duplicate`` (this webhook-id was
+    already processed), ``unmatched`` (no kavach user for it), ``ignored`` (not a
+    subscription event) or ``foreign_organization``.
+    """
+
+    webhook_id: str
+    event_type: str
+    outcome: str
+    user_id: str | None = None
+    subscription_id: str | None = None
+    status_code: int = 200
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON body the webhook route answers with."""
+        body: dict[str, Any] = {
+            "received": True,
+            "webhookId": self.webhook_id,
+            "type": self.event_type,
+            "outcome": self.outcome,
+        }
+        if self.subscription_id:
+            body["subscriptionId"] = self.subscription_id
+        return body
+
+
+@attrs.frozen
+class SyncResult:
+    """What :meth:`PolarPlugin.sync` found: subscription ids seen, applied and stale."""
+
+    user_id: str
+    seen: tuple[str, ...]
+    applied: tuple[str, ...]
+
+
+def _validated_secret(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{field} must be a non-empty string", field=field)
+    if value != value.strip():
+        raise ConfigurationError(f"{field} has leading or trailing whitespace", field=field)
+    return value
+
+
+class PolarPlugin:
+    """Polar checkouts and subscription webhooks for a :class:`~kavach.core.Kavach`.
+
+    Build it with :func:`polar` and pass it to ``create_kavach(plugins=[...])``.
+    """
+
+    name = "polar"
+
+    def __init__(
+        self,
+        access_token: str,
+        webhook_secret: str,
+        *,
+        organization_id: str | None = None,
+        sandbox: bool = False,
+        on_subscription_change: SubscriptionCallback | None = None,
+        base_url: str | None = None,
+        session: requests.Session | None = None,
+        timeout: float | tuple[float, float] | None = None,
+        max_retries: int = 3,
+        webhook_tolerance: int = DEFAULT_TOLERANCE_SECONDS,
+        max_webhook_body: int = DEFAULT_MAX_WEBHOOK_BODY,
+    ) -> None:
+        token = _validated_secret(access_token, "access_token")
+        secret = _validated_secret(webhook_secret, "webhook_secret")
+        if organization_id is not None and (
+            not isinstance(organization_id, str) or not organization_id.strip()
+        ):
+            raise ConfigurationError(
+                "organization_id must be a non-empty string or None", field="organization_id"
+            )
+        if base_url is not None:
+            if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+                raise ConfigurationError(
+                    "base_url must be an http(s) URL such as https://sandbox-api.polar.sh",
+                    field="base_url",
+                )
+            base_url = base_url.rstrip("/")
+        if on_subscription_change is not None and not callable(on_subscription_change):
+            raise ConfigurationError(
+                "on_subscription_change must be callable", field="on_subscription_change"
+            )
+        if max_webhook_body <= 0:
+            raise ConfigurationError("max_webhook_body must be positive", field="max_webhook_body")
+        self.sandbox = bool(sandbox)
+        self.base_url = base_url or (SANDBOX_API_URL if self.sandbox else PRODUCTION_API_URL)
+        self.organization_id = organization_id
+        self.on_subscription_change = on_subscription_change
+        self.max_webhook_body = max_webhook_body
+        self.webhook_tolerance = webhook_tolerance
+        client_options: dict[str, Any] = {"max_retries": max_retries}
+        if timeout is not None:
+            client_options["timeout"] = timeout
+        self.client = PolarClient(token, base_url=self.base_url, session=session, **client_options)
+        self._secret = secret
+        self._verifier = WebhookVerifier(secret, tolerance=webhook_tolerance)
+        self._kavach: Kavach | None = None
+
+    def __repr__(self) -> str:
+        org = f" organization_id={self.organization_id!r}" if self.organization_id else ""
+        return f"<PolarPlugin base_url={self.base_url!r} sandbox={self.sandbox}{org}>"
+
+    # -- plugin protocol -----------------------------------------------------------
+    def bind(self, kavach: Kavach) -> None:
+        """Attach to ``kavach`` (its store and clock); called by ``Kavach`` once."""
+        if self._kavach is not None and self._kavach is not kavach:
+            raise ConfigurationError(
+                "this polar plugin is already bound to another Kavach", field="plugins"
+            )
+        self._kavach = kavach
+        self._verifier = WebhookVerifier(
+            self._secret, tolerance=self.webhook_tolerance, clock=kavach.clock
+        )
+
+    def close(self) -> None:
+        """Close the HTTP session kavach opened (an injected session is left open)."""
+        self.client.close()
+
+    @property
+    def _store(self) -> Store:
+        if self._kavach is None:
+            raise ConfigurationError(
+                "the polar plugin is not bound: pass it to create_kavach(plugins=[...])",
+                field="plugins",
+            )
+        return self._kavach.store
+
+    @property
+    def _clock(self) -> Clock:
+        assert self._kavach is not None
+        return self._kavach.clock
+
+    # -- checkout ------------------------------------------------------------------
+    def create_checkout(
+        self,
+        user_id: str,
+        product_id: str,
+        *,
+        success_url: str | None = None,
+        return_url: str | None = None,
+        metadata: Mapping[str, str | int | float | bool] | None = None,
+        allow_discount_codes: bool | None = None,
+        discount_id: str | None = None,
+        embed_origin: str | None = None,
+    ) -> Checkout:
+        """Create a Polar checkout session for a kavach user; redirect them to ``.url``.
+
+        Sends ``POST /v1/checkouts/`` with ``products=[product_id]``,
+        ``external_customer_id=user_id``, the user's email, ``success_url`` and
+        ``metadata={"kavach_user_id": user_id, ...}`` (Polar copies the metadata onto the
+        subscription, so the webhook finds the user even when Polar reuses an existing
+        customer by email). Raises ``UserNotFoundError`` before any API call for an
+        unknown user, ``PolarAPIError`` subclasses on Polar errors, and
+        ``OrganizationMismatchError`` when ``organization_id`` is set and the checkout
+        belongs to another organization.
+        """
+        if not isinstance(product_id, str) or not product_id.strip():
+            raise ConfigurationError("product_id must be a non-empty string", field="product_id")
+        user = self._store.get_user(user_id)
+        if user is None:
+            raise UserNotFoundError(user_id)
+        body: dict[str, Any] = {
+            "products": [product_id],
+            "external_customer_id": user.id,
+            "customer_email": user.email,
+            "metadata": {**(metadata or {}), USER_ID_METADATA_KEY: user.id},
+        }
+        if user.name:
+            body["customer_name"] = user.name
+        optional = {
+            "success_url": success_url,
+            "return_url": return_url,
+            "allow_discount_codes": allow_discount_codes,
+            "discount_id": discount_id,
+            "embed_origin": embed_origin,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        checkout = self.client.create_checkout(body)
+        if self.organization_id and checkout.organization_id != self.organization_id:
+            raise OrganizationMismatchError(
+                expected=self.organization_id, actual=checkout.organization_id, what="checkout"
+            )
+        return checkout
+
+    # -- subscription state ----------------------------------------------------------
+    def get_subscription(self, user_id: str) -> PolarSubscription | None:
+        """The user's most relevant subscription from the store (no API call).
+
+        ``None`` when the user is unknown, has none, or it was revoked (status
+        ``canceled`` or ``unpaid``). Relevance: active/trialing before past_due before the
+        rest, newest first.
+        """
+        user = self._store.get_user(user_id)
+        if user is None or user.polar_subscription_id is None:
+            return None
+        status = user.polar_subscription_status or ""
+        sub = PolarSubscription(
+            id=user.polar_subscription_id,
+            status=status,
+            product_id=user.polar_product_id,
+            current_period_end=user.polar_current_period_end,
+            cancel_at_period_end=bool(user.polar_cancel_at_period_end),
+            customer_id=user.polar_customer_id,
+        )
+        return None if sub.is_revoked else sub
+
+    def list_subscriptions(self, user_id: str) -> list[PolarSubscription]:
+        """All subscriptions kavach holds for the user (revoked ones too), most relevant first."""
+        return [PolarSubscription.from_state(s) for s in self._store.list_subscriptions(user_id)]
+
+    def sync(self, user_id: str) -> SyncResult:
+        """Pull the user's subscriptions from Polar and apply them through the guarded write.
+
+        The repair path for a missed webhook and for the return from checkout: lists
+        ``GET /v1/subscriptions/?external_customer_id=<user_id>`` (all pages) and, when the
+        user's Polar customer id is known, ``?customer_id=<id>`` too. Older data than what
+        is stored never overwrites it; the callback runs once per applied change.
+        """
+        user = self._store.get_user(user_id)
+        if user is None:
+            raise UserNotFoundError(user_id)
+        found: dict[str, dict[str, Any]] = {}
+        queries: list[dict[str, str]] = [{"external_customer_id": user.id}]
+        if user.polar_customer_id:
+            queries.append({"customer_id": user.polar_customer_id})
+        if self.organization_id:
+            for query in queries:
+                query["organization_id"] = self.organization_id
+        for query in queries:
+            for data in self.client.list_subscriptions(**query):
+                if isinstance(data, dict) and isinstance(data.get("id"), str):
+                    found[data["id"]] = data
+        applied: list[str] = []
+        now = self._clock.now()
+        for sub_id, data in found.items():
+            if self.organization_id and organization_of(data) not in (None, self.organization_id):
+                continue
+            self._link_customer(user, data)
+            state = state_from_payload(data, user.id, fallback_time=now)
+            if self._store.apply_subscription(state):
+                applied.append(sub_id)
+                self._notify(user.id, state)
+        return SyncResult(user_id=user.id, seen=tuple(found), applied=tuple(applied))
+
+    # -- webhooks --------------------------------------------------------------------
+    def handle_webhook(self, body: bytes, headers: Mapping[str, str]) -> WebhookOutcome:
+        """Verify, record and apply one Polar webhook delivery.
+
+        Raises :class:`WebhookVerificationError` (answer 400, or 413 for reason
+        ``body_too_large``) when the delivery is not genuine or not JSON,
+        :class:`WebhookPayloadError` (400) when the verified JSON is not an event envelope,
+        and :class:`WebhookCallbackError` (answer 5xx so Polar retries) when
+        ``on_subscription_change`` raised. Store errors propagate (answer 5xx).
+        """
+        if len(body) > self.max_webhook_body:
+            raise WebhookVerificationError(
+                "body_too_large",
+                f"webhook body of {len(body)} bytes exceeds the {self.max_webhook_body} limit",
+            )
+        self._verifier.verify(body, headers)
+        webhook_id = _header(headers, "webhook-id")
+        try:
+            envelope = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise WebhookVerificationError(
+                "malformed_json", "webhook body is not valid JSON"
+            ) from None
+        if not isinstance(envelope, dict):
+            raise WebhookPayloadError("bad_envelope", "webhook body is not a JSON object")
+        event_type = envelope.get("type")
+        data = envelope.get("data")
+        if not isinstance(event_type, str) or not event_type:
+            raise WebhookPayloadError("bad_envelope", "webhook body has no 'type'")
+        store = self._store
+        now = self._clock.now()
+        event, created = store.record_event(
+            InboxEvent(
+                webhook_id=webhook_id,
+                event_type=event_type,
+                received_at=now,
+                payload=body.decode("utf-8", errors="replace"),
+            )
+        )
+        if not created and event.status == "processed":
+            return WebhookOutcome(
+                webhook_id, event_type, "duplicate", event.user_id, event.subscription_id
+            )
+        if event_type not in SUBSCRIPTION_EVENTS or not isinstance(data, dict):
+            if event_type in SUBSCRIPTION_EVENTS:
+                return self._fail(webhook_id, event_type, "subscription event without data")
+            return self._finish(webhook_id, event_type, "ignored")
+        envelope_time = parse_datetime(envelope.get("timestamp"))
+        return self._apply_subscription_event(
+            webhook_id, event_type, data, envelope_time, retry_of_applied=event.outcome == "applied"
+        )
+
+    def _apply_subscription_event(
+        self,
+        webhook_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        envelope_time: datetime | None,
+        *,
+        retry_of_applied: bool,
+    ) -> WebhookOutcome:
+        store = self._store
+        if self.organization_id:
+            org = organization_of(data)
+            if org is not None and org != self.organization_id:
+                return self._finish(webhook_id, event_type, "foreign_organization")
+        user = self._match_user(data)
+        if user is None:
+            log.info("webhook %s (%s) matches no kavach user", webhook_id, event_type)
+            return self._finish(webhook_id, event_type, "unmatched")
+        self._link_customer(user, data)
+        try:
+            state = state_from_payload(data, user.id, fallback_time=envelope_time)
+        except SubscriptionPayloadError as exc:
+            return self._fail(webhook_id, event_type, str(exc), user_id=user.id)
+        if retry_of_applied:
+            # An earlier attempt committed this state but its callback failed: run it again,
+            # unless a newer change has been applied (and notified) since.
+            stored = store.get_subscription(state.id)
+            applied = stored is None or stored.version <= state.version
+            if not applied:
+                log.info("webhook %s: callback retry skipped, superseded", webhook_id)
+        else:
+            applied = store.apply_subscription(state, webhook_id=webhook_id)
+        if applied:
+            try:
+                self._notify(user.id, state)
+            except Exception as exc:
+                store.finish_event(
+                    webhook_id,
+                    status="failed",
+                    at=self._clock.now(),
+                    error=f"on_subscription_change raised {type(exc).__name__}",
+                    user_id=user.id,
+                    subscription_id=state.id,
+                )
+                raise WebhookCallbackError(webhook_id, exc) from exc
+        return self._finish(
+            webhook_id,
+            event_type,
+            "applied" if applied else "stale",
+            user_id=user.id,
+            subscription_id=state.id,
+        )
+
+    def _match_user(self, data: dict[str, Any]) -> UserRecord | None:
+        """``customer.external_id``, then ``metadata.kavach_user_id``, then the stored
+        Polar customer id (design.md, "Matching the user")."""
+        store = self._store
+        customer = data.get("customer")
+        if isinstance(customer, dict):
+            external_id = customer.get("external_id")
+            if isinstance(external_id, str) and external_id:
+                user = store.get_user(external_id)
+                if user is not None:
+                    return user
+        metadata = data.get("metadata")
+        if isinstance(metadata, dict):
+            meta_id = metadata.get(USER_ID_METADATA_KEY)
+            if isinstance(meta_id, str) and meta_id:
+                user = store.get_user(meta_id)
+                if user is not None:
+                    return user
+        customer_id = data.get("customer_id")
+        if not isinstance(customer_id, str) and isinstance(customer, dict):
+            customer_id = customer.get("id")
+        if isinstance(customer_id, str) and customer_id:
+            return store.get_user_by_polar_customer(customer_id)
+        return None
+
+    def _link_customer(self, user: UserRecord, data: dict[str, Any]) -> None:
+        """Remember the user's Polar customer id on first match."""
+        customer_id = data.get("customer_id")
+        if not isinstance(customer_id, str) or not customer_id:
+            return
+        if user.polar_customer_id is not None:
+            if user.polar_customer_id != customer_id:
+                log.warning(
+                    "user %s is linked to Polar customer %s; a subscription names %s",
+                    user.id,
+                    user.polar_customer_id,
+                    customer_id,
+                )
+            return
+        try:
+            self._store.link_polar_customer(user.id, customer_id)
+        except ConflictError:
+            log.warning(
+                "Polar customer %s is already linked to another user; not linking %s",
+                customer_id,
+                user.id,
+            )
+
+    def _notify(self, user_id: str, state: SubscriptionState) -> None:
+        if self.on_subscription_change is not None:
+            self.on_subscription_change(user_id, PolarSubscription.from_state(state))
+
+    def _finish(
+        self,
+        webhook_id: str,
+        event_type: str,
+        outcome: str,
+        *,
+        user_id: str | None = None,
+        subscription_id: str | None = None,
+    ) -> WebhookOutcome:
+        self._store.finish_event(
+            webhook_id,
+            status="processed",
+            at=self._clock.now(),
+            outcome=outcome,
+            user_id=user_id,
+            subscription_id=subscription_id,
+        )
+        return WebhookOutcome(webhook_id, event_type, outcome, user_id, subscription_id)
+
+    def _fail(
+        self, webhook_id: str, event_type: str, reason: str, *, user_id: str | None = None
+    ) -> NoReturn:
+        """A verified event kavach cannot use: recorded as failed, answered 400."""
+        self._store.finish_event(
+            webhook_id, status="failed", at=self._clock.now(), error=reason, user_id=user_id
+        )
+        raise WebhookPayloadError("bad_subscription", reason)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    value = headers.get(name)
+    if value is None:
+        for key, val in headers.items():
+            if key.lower() == name:
+                return val
+        return ""
+    return value
+
+
+def polar(
+    access_token: str,
+    webhook_secret: str,
+    *,
+    organization_id: str | None = None,
+    sandbox: bool = False,
+    on_subscription_change: SubscriptionCallback | None = None,
+    base_url: str | None = None,
+    session: requests.Session | None = None,
+    timeout: float | tuple[float, float] | None = None,
+    max_retries: int = 3,
+    webhook_tolerance: int = DEFAULT_TOLERANCE_SECONDS,
+    max_webhook_body: int = DEFAULT_MAX_WEBHOOK_BODY,
+) -> PolarPlugin:
+    """The Polar plugin, configured and validated at once.
+
+    ``sandbox=True`` talks to ``https://sandbox-api.polar.sh``; ``base_url`` overrides the
+    API host (a proxy, or :class:`kavach.testing.FakePolar`). An empty ``access_token`` or
+    ``webhook_secret`` raises ``ConfigurationError`` naming the field.
+    """
+    return PolarPlugin(
+        access_token,
+        webhook_secret,
+        organization_id=organization_id,
+        sandbox=sandbox,
+        on_subscription_change=on_subscription_change,
+        base_url=base_url,
+        session=session,
+        timeout=timeout,
+        max_retries=max_retries,
+        webhook_tolerance=webhook_tolerance,
+        max_webhook_body=max_webhook_body,
+    )

@@ -1,0 +1,165 @@
+"""Polar subscriptions as kavach holds them, and the fast path from Polar's JSON to them.
+
+Webhook ingest is a hot path, so a subscription payload is read with plain dict access
+and ``datetime.fromisoformat`` rather than a general converter; unknown fields are
+ignored and unknown statuses kept as plain strings.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+
+from kavach.records import ACTIVE_STATUSES, REVOKED_STATUSES, SubscriptionState
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@attrs.frozen
+class PolarSubscription:
+    """A user's Polar subscription, as kavach last applied it.
+
+    ``current_period_end`` is an aware UTC datetime. The optional fields are filled when
+    the value comes from the subscriptions table (``list_subscriptions``), and left
+    ``None`` when it comes from the user's mirror columns (``get_subscription``).
+    """
+
+    id: str
+    status: str
+    product_id: str | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    customer_id: str | None = None
+    started_at: datetime | None = None
+    trial_end: datetime | None = None
+    canceled_at: datetime | None = None
+    ends_at: datetime | None = None
+    ended_at: datetime | None = None
+    amount: int | None = None
+    currency: str | None = None
+    recurring_interval: str | None = None
+
+    @property
+    def is_active(self) -> bool:
+        """``True`` for Polar's "active" group (``active``, ``trialing``)."""
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def is_revoked(self) -> bool:
+        """``True`` once access ended for good (``canceled``, ``unpaid``)."""
+        return self.status in REVOKED_STATUSES
+
+    @classmethod
+    def from_state(cls, state: SubscriptionState) -> PolarSubscription:
+        return cls(
+            id=state.id,
+            status=state.status,
+            product_id=state.product_id,
+            current_period_end=state.current_period_end,
+            cancel_at_period_end=state.cancel_at_period_end,
+            customer_id=state.customer_id,
+            started_at=state.started_at,
+            trial_end=state.trial_end,
+            canceled_at=state.canceled_at,
+            ends_at=state.ends_at,
+            ended_at=state.ended_at,
+            amount=state.amount,
+            currency=state.currency,
+            recurring_interval=state.recurring_interval,
+        )
+
+
+class SubscriptionPayloadError(ValueError):
+    """A subscription object lacks what kavach needs (``id``, ``status``)."""
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """An aware UTC datetime from Polar's ISO-8601 text (``Z`` suffix, with or without
+    microseconds); ``None`` for null, missing or unreadable values."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC) if parsed.utcoffset() else parsed
+
+
+def version_of(when: datetime) -> int:
+    """The ordering-guard version of a moment: microseconds since the Unix epoch."""
+    delta = when - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _opt_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def subscription_version(data: dict[str, Any], fallback: datetime | None) -> int:
+    """``data.modified_at``, else ``data.created_at``, else ``fallback``, as a version.
+
+    Raises :class:`SubscriptionPayloadError` when none of them is a readable time.
+    """
+    when = parse_datetime(data.get("modified_at")) or parse_datetime(data.get("created_at"))
+    if when is None:
+        when = fallback
+    if when is None:
+        raise SubscriptionPayloadError("subscription has no modified_at, created_at or timestamp")
+    return version_of(when)
+
+
+def state_from_payload(
+    data: dict[str, Any], user_id: str, *, fallback_time: datetime | None
+) -> SubscriptionState:
+    """A :class:`SubscriptionState` from a Polar ``Subscription`` JSON object."""
+    sub_id = data.get("id")
+    status = data.get("status")
+    if not isinstance(sub_id, str) or not sub_id:
+        raise SubscriptionPayloadError("subscription has no id")
+    if not isinstance(status, str) or not status:
+        raise SubscriptionPayloadError(f"subscription {sub_id} has no status")
+    get = data.get
+    return SubscriptionState(
+        id=sub_id,
+        user_id=user_id,
+        status=status,
+        product_id=_opt_str(get("product_id")),
+        current_period_end=parse_datetime(get("current_period_end")),
+        cancel_at_period_end=get("cancel_at_period_end") is True,
+        version=subscription_version(data, fallback_time),
+        customer_id=_opt_str(get("customer_id")),
+        created_at=parse_datetime(get("created_at")),
+        started_at=parse_datetime(get("started_at")),
+        current_period_start=parse_datetime(get("current_period_start")),
+        trial_end=parse_datetime(get("trial_end")),
+        canceled_at=parse_datetime(get("canceled_at")),
+        ends_at=parse_datetime(get("ends_at")),
+        ended_at=parse_datetime(get("ended_at")),
+        past_due_at=parse_datetime(get("past_due_at")),
+        checkout_id=_opt_str(get("checkout_id")),
+        amount=_opt_int(get("amount")),
+        currency=_opt_str(get("currency")),
+        recurring_interval=_opt_str(get("recurring_interval")),
+    )
+
+
+def organization_of(data: dict[str, Any]) -> str | None:
+    """The organization a subscription (or checkout) belongs to, when the payload says."""
+    org = data.get("organization_id")
+    if isinstance(org, str):
+        return org
+    for key in ("product", "customer"):
+        nested = data.get(key)
+        if isinstance(nested, dict):
+            org = nested.get("organization_id")
+            if isinstance(org, str):
+                return org
+    return None

@@ -1,0 +1,191 @@
+"""Polar webhook signatures: verification and signing (Standard Webhooks).
+
+Polar signs ``f"{webhook_id}.{webhook_timestamp}.{raw_body}"`` with HMAC-SHA256 and sends
+``webhook-signature: v1,<base64>`` (possibly several space-separated entries). The HMAC
+key depends on when the endpoint's secret was made, so a verifier must accept both:
+
+* **legacy** — the UTF-8 bytes of the whole secret string, prefix included
+  (``whsec_…``, ``polar_whs_…`` or a plain 32+ character secret);
+* **standard** — for a ``whsec_`` secret, the base64-decoded part after ``whsec_``
+  (secrets made on or after 2026-09-08 use this one).
+
+The signature is checked on the raw bytes, before any JSON parsing, with a constant-time
+comparison and a timestamp window (±300 s by default).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Literal
+
+from kavach.clock import Clock
+from kavach.errors import ConfigurationError, WebhookVerificationError
+
+Derivation = Literal["standard", "legacy"]
+
+DEFAULT_TOLERANCE_SECONDS = 300
+_HEADER_NAMES = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+def secret_keys(secret: str) -> list[tuple[Derivation, bytes]]:
+    """The HMAC keys a secret may sign with, most likely first.
+
+    A ``whsec_`` secret whose tail is valid base64 yields the standard key first and the
+    legacy key second; any other secret yields only the legacy key.
+    """
+    keys: list[tuple[Derivation, bytes]] = []
+    if secret.startswith("whsec_"):
+        tail = secret[len("whsec_") :]
+        # Polar's whsec_ tails are unpadded base64 (43 characters): pad before decoding,
+        # as standardwebhooks and polar-sdk do, or the standard key is silently lost.
+        try:
+            decoded = base64.b64decode(tail + "=" * (-len(tail) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            decoded = b""
+        if decoded:
+            keys.append(("standard", decoded))
+    keys.append(("legacy", secret.encode("utf-8")))
+    return keys
+
+
+def _get_header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is not None:
+        return value
+    for key, val in headers.items():
+        if key.lower() == name:
+            return val
+    return None
+
+
+class WebhookVerifier:
+    """Checks that a delivery is a genuine, fresh Polar webhook.
+
+    Build one per secret and reuse it: the HMAC keys are prepared once.
+    ``verify`` raises :class:`WebhookVerificationError` with a ``reason`` of
+    ``missing_headers``, ``bad_timestamp``, ``stale_timestamp``, ``bad_signature``
+    (malformed header) or ``no_matching_signature`` (well-formed, but no entry matches).
+    """
+
+    __slots__ = ("_hmacs", "_last_good", "clock", "tolerance")
+
+    def __init__(
+        self,
+        secret: str,
+        *,
+        tolerance: int = DEFAULT_TOLERANCE_SECONDS,
+        clock: Clock | None = None,
+    ) -> None:
+        if not secret or not secret.strip():
+            raise ConfigurationError("webhook_secret must not be empty", field="webhook_secret")
+        if tolerance < 0:
+            raise ConfigurationError("tolerance must be >= 0 seconds", field="tolerance")
+        self.tolerance = tolerance
+        self.clock = clock
+        self._hmacs = [
+            (name, hmac.new(key, digestmod=hashlib.sha256)) for name, key in secret_keys(secret)
+        ]
+        self._last_good = 0
+
+    def __repr__(self) -> str:
+        return f"WebhookVerifier(tolerance={self.tolerance}, keys={len(self._hmacs)})"
+
+    def _now(self) -> float:
+        return self.clock.now().timestamp() if self.clock is not None else time.time()
+
+    def verify(self, body: bytes, headers: Mapping[str, str]) -> Derivation:
+        """Verify ``body`` (raw bytes) against the headers; return the derivation that matched."""
+        msg_id = _get_header(headers, "webhook-id")
+        timestamp = _get_header(headers, "webhook-timestamp")
+        signature = _get_header(headers, "webhook-signature")
+        if not msg_id or not timestamp or not signature:
+            missing = [
+                n for n, v in zip(_HEADER_NAMES, (msg_id, timestamp, signature), strict=True)
+                if not v
+            ]
+            raise WebhookVerificationError(
+                "missing_headers", f"missing webhook headers: {', '.join(missing)}"
+            )
+        ts_text = timestamp.strip()
+        # isascii(): str.isdigit() also accepts "²" or "١٢٣", which int() or the ASCII
+        # encoding below would choke on.
+        if not (ts_text.isascii() and ts_text.isdigit()) or len(ts_text) > 12:
+            raise WebhookVerificationError(
+                "bad_timestamp", "webhook-timestamp is not a unix time in seconds"
+            )
+        ts = int(ts_text)
+        now = self._now()
+        if abs(now - ts) > self.tolerance:
+            direction = "old" if ts < now else "far in the future"
+            raise WebhookVerificationError(
+                "stale_timestamp",
+                f"webhook-timestamp is too {direction} ({int(now - ts)} s off, "
+                f"tolerance {self.tolerance} s)",
+            )
+        candidates: list[bytes] = []
+        for entry in signature.split():
+            version, sep, value = entry.partition(",")
+            if not sep or version != "v1":
+                continue
+            try:
+                candidates.append(base64.b64decode(value, validate=True))
+            except (binascii.Error, ValueError):
+                continue
+        if not candidates:
+            raise WebhookVerificationError(
+                "bad_signature", "webhook-signature holds no well-formed v1 signature"
+            )
+        signed = b"".join((msg_id.encode("utf-8"), b".", ts_text.encode("ascii"), b".", body))
+        count = len(self._hmacs)
+        for i in range(count):
+            index = (self._last_good + i) % count
+            name, base = self._hmacs[index]
+            mac = base.copy()
+            mac.update(signed)
+            expected = mac.digest()
+            for candidate in candidates:
+                if hmac.compare_digest(expected, candidate):
+                    self._last_good = index
+                    return name
+        raise WebhookVerificationError(
+            "no_matching_signature", "no webhook signature matches the body and secret"
+        )
+
+
+def sign_webhook(
+    body: bytes | str,
+    secret: str,
+    msg_id: str | None = None,
+    timestamp: int | float | None = None,
+    *,
+    derivation: Derivation | None = None,
+) -> dict[str, str]:
+    """Polar-style signed headers for ``body``.
+
+    ``derivation`` picks the key (see module docs); by default ``standard`` for a
+    ``whsec_`` secret with a base64 tail, else ``legacy``. Returns a dict with
+    ``webhook-id``, ``webhook-timestamp``, ``webhook-signature`` and ``content-type``.
+    """
+    raw = body.encode("utf-8") if isinstance(body, str) else body
+    keys = dict(secret_keys(secret))
+    chosen: Derivation = derivation or ("standard" if "standard" in keys else "legacy")
+    if chosen not in keys:
+        raise ConfigurationError(
+            f"secret has no {chosen!r} key (only whsec_ secrets with a base64 tail do)",
+            field="derivation",
+        )
+    msg_id = msg_id or str(uuid.uuid4())
+    ts = str(int(time.time() if timestamp is None else timestamp))
+    mac = hmac.new(keys[chosen], f"{msg_id}.{ts}.".encode() + raw, hashlib.sha256)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": ts,
+        "webhook-signature": "v1," + base64.b64encode(mac.digest()).decode("ascii"),
+        "content-type": "application/json",
+    }

@@ -1,0 +1,154 @@
+"""The store contract: what every backend (memory, JSON file, SQL) must do.
+
+All four backends pass one shared test suite (``tests/stores/contract.py``). The
+central promise is :meth:`Store.apply_subscription`: "write this subscription state
+only if its ``version`` is newer than the stored one" is ONE atomic step, and when it
+applies, the user's mirror columns (``polar_subscription_*`` on ``kavach_users``) are
+recomputed from all the user's subscriptions in the same step, using
+:func:`kavach.records.most_relevant`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from kavach.records import InboxEvent, SessionRecord, SubscriptionState, UserRecord
+
+#: The schema version the current code writes. Bump it with a new migration step.
+SCHEMA_VERSION = 1
+
+
+def normalize_email(email: str) -> str:
+    """The key emails are unique under: stripped and case-folded."""
+    return email.strip().casefold()
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistence for users, sessions, Polar subscription state and the webhook inbox.
+
+    Methods are thread-safe. Times are aware UTC datetimes. Records are immutable
+    values; updates return the new record.
+    """
+
+    #: A short name for ``repr`` and logs:
+    #: ``memory``, ``json``, ``sqlite``, ``postgres`` or ``mysql``.
+    kind: str
+
+    # -- lifecycle ----------------------------------------------------------------
+    def schema_version(self) -> int:
+        """The schema version recorded in the store (migrations already ran on open)."""
+        ...
+
+    def close(self) -> None:
+        """Release files and connections. Idempotent."""
+        ...
+
+    # -- users --------------------------------------------------------------------
+    def create_user(self, user: UserRecord) -> UserRecord:
+        """Insert a user. Raises ``EmailTakenError`` when the email (case-insensitive) is taken,
+        ``ConflictError(field="id")`` when the id is."""
+        ...
+
+    def get_user(self, user_id: str) -> UserRecord | None: ...
+
+    def get_user_by_email(self, email: str) -> UserRecord | None:
+        """Case-insensitive lookup (see :func:`normalize_email`)."""
+        ...
+
+    def get_user_by_polar_customer(self, customer_id: str) -> UserRecord | None: ...
+
+    def update_user(
+        self,
+        user_id: str,
+        *,
+        email: str | None = None,
+        name: str | None = None,
+        password_hash: str | None = None,
+    ) -> UserRecord:
+        """Change the given fields (``None`` = leave as is). Raises ``UserNotFoundError``,
+        ``EmailTakenError``."""
+        ...
+
+    def link_polar_customer(self, user_id: str, customer_id: str) -> UserRecord:
+        """Set the user's ``polar_customer_id`` (idempotent for the same value). Raises
+        ``ConflictError(field="polar_customer_id")`` when another user holds it, and
+        ``UserNotFoundError``. Overwrites a different previous value of this user."""
+        ...
+
+    def count_users(self) -> int: ...
+
+    # -- sessions -----------------------------------------------------------------
+    def create_session(self, session: SessionRecord) -> None:
+        """Insert a session (keyed by ``token_hash``).
+
+        Raises ``ConflictError`` on a duplicate hash."""
+        ...
+
+    def get_session(self, token_hash: str) -> SessionRecord | None:
+        """The session, expired or revoked ones included (the caller decides)."""
+        ...
+
+    def revoke_session(self, token_hash: str, at: datetime) -> bool:
+        """Mark revoked; ``True`` when a live (not yet revoked) session was revoked."""
+        ...
+
+    def delete_expired_sessions(self, now: datetime) -> int:
+        """Remove sessions that expired before ``now``; returns how many."""
+        ...
+
+    # -- Polar subscriptions ------------------------------------------------------
+    def apply_subscription(
+        self, state: SubscriptionState, *, webhook_id: str | None = None
+    ) -> bool:
+        """THE conditional write. Atomically: if no state is stored for ``state.id``, or the
+        stored ``version`` is strictly lower, store ``state``, recompute the mirror columns
+        of ``state.user_id`` and — when ``webhook_id`` is given — set that inbox event's
+        ``outcome`` to ``"applied"``, ``subscription_id`` and ``user_id``; return ``True``.
+        Otherwise change nothing and return ``False``. Raises ``UserNotFoundError``."""
+        ...
+
+    def get_subscription(self, subscription_id: str) -> SubscriptionState | None: ...
+
+    def list_subscriptions(self, user_id: str) -> list[SubscriptionState]:
+        """All of the user's subscriptions, most relevant first (``subscription_rank``)."""
+        ...
+
+    # -- webhook inbox ------------------------------------------------------------
+    def record_event(self, event: InboxEvent) -> tuple[InboxEvent, bool]:
+        """Insert the delivery if its ``webhook_id`` is new and return ``(event, True)``.
+        If it exists: a ``processed`` one is returned unchanged as ``(stored, False)``; a
+        ``received``/``failed`` one gets ``attempts + 1`` and status ``received`` and is
+        returned as ``(updated, False)``. Atomic: of N concurrent calls with one id, exactly
+        one returns ``True``."""
+        ...
+
+    def finish_event(
+        self,
+        webhook_id: str,
+        *,
+        status: str,
+        at: datetime,
+        outcome: str | None = None,
+        error: str | None = None,
+        user_id: str | None = None,
+        subscription_id: str | None = None,
+    ) -> InboxEvent:
+        """Set status (``processed``/``failed``), ``processed_at`` (when processed),
+        ``last_error`` and — when given (not ``None``) — outcome, user and subscription ids.
+        An ``"applied"`` outcome is never overwritten (a concurrent duplicate that found the
+        state already written must not hide that this delivery applied it). Raises
+        ``NotFoundError`` for an unknown id."""
+        ...
+
+    def get_event(self, webhook_id: str) -> InboxEvent | None: ...
+
+    def list_events(
+        self, *, status: str | None = None, limit: int = 100, offset: int = 0
+    ) -> Sequence[InboxEvent]:
+        """Newest first (by ``received_at``, then ``webhook_id``)."""
+        ...
+
+    def count_events(self, *, status: str | None = None) -> int: ...

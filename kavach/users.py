@@ -1,0 +1,148 @@
+"""Users: email + password accounts, emails unique case-insensitively."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import attrs
+
+from kavach.clock import Clock
+from kavach.errors import InvalidCredentialsError, InvalidInputError
+from kavach.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, PasswordHasher
+from kavach.records import UserRecord
+from kavach.stores.base import Store
+
+MAX_EMAIL_LENGTH = 254
+MAX_NAME_LENGTH = 200
+
+
+@attrs.frozen
+class User:
+    """A user as applications see it (no password hash)."""
+
+    id: str
+    email: str
+    name: str | None
+    created_at: datetime
+
+    @classmethod
+    def from_record(cls, record: UserRecord) -> User:
+        return cls(id=record.id, email=record.email, name=record.name, created_at=record.created_at)
+
+
+def validate_email(email: object) -> str:
+    """The email, stripped; raises :class:`InvalidInputError` when it is not plausible."""
+    if not isinstance(email, str):
+        raise InvalidInputError("email must be a string", field="email")
+    value = email.strip()
+    local, at, domain = value.rpartition("@")
+    if (
+        not at
+        or not local
+        or not domain
+        or "." not in domain.strip(".")
+        or len(value) > MAX_EMAIL_LENGTH
+        or any(c.isspace() or ord(c) < 32 for c in value)
+    ):
+        raise InvalidInputError("email is not a valid address", field="email")
+    return value
+
+
+def validate_password(password: object) -> str:
+    """The password unchanged; raises :class:`InvalidInputError` when too short or too long."""
+    if not isinstance(password, str):
+        raise InvalidInputError("password must be a string", field="password")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidInputError(
+            f"password must have at least {MIN_PASSWORD_LENGTH} characters", field="password"
+        )
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise InvalidInputError(
+            f"password must have at most {MAX_PASSWORD_LENGTH} characters", field="password"
+        )
+    return password
+
+
+def validate_name(name: object) -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise InvalidInputError("name must be a string", field="name")
+    value = name.strip()
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidInputError(
+            f"name must have at most {MAX_NAME_LENGTH} characters", field="name"
+        )
+    return value or None
+
+
+class Users:
+    """``kavach.users``: create, find, update and authenticate users."""
+
+    def __init__(self, store: Store, hasher: PasswordHasher, clock: Clock) -> None:
+        self._store = store
+        self._hasher = hasher
+        self._clock = clock
+        # Checked against when the email is unknown, so both failures cost the same.
+        self._dummy_hash = hasher.hash("kavach-dummy-password")
+
+    def __repr__(self) -> str:
+        return f"Users(count={self._store.count_users()})"
+
+    def create(self, email: str, password: str | None = None, name: str | None = None) -> User:
+        """Create a user. Raises ``InvalidInputError`` or ``EmailTakenError``."""
+        address = validate_email(email)
+        password_hash = self._hasher.hash(validate_password(password)) if password else None
+        record = UserRecord(
+            id=str(uuid.uuid4()),
+            email=address,
+            name=validate_name(name),
+            password_hash=password_hash,
+            created_at=self._clock.now(),
+        )
+        return User.from_record(self._store.create_user(record))
+
+    def get(self, user_id: str) -> User | None:
+        """The user with this id, or ``None``."""
+        record = self._store.get_user(user_id)
+        return User.from_record(record) if record else None
+
+    def get_by_email(self, email: str) -> User | None:
+        """The user with this email (case-insensitive), or ``None``."""
+        record = self._store.get_user_by_email(email)
+        return User.from_record(record) if record else None
+
+    def update(
+        self,
+        user_id: str,
+        *,
+        email: str | None = None,
+        name: str | None = None,
+        password: str | None = None,
+    ) -> User:
+        """Change email, name and/or password. Raises ``UserNotFoundError``, ``EmailTakenError``."""
+        record = self._store.update_user(
+            user_id,
+            email=validate_email(email) if email is not None else None,
+            name=validate_name(name) if name is not None else None,
+            password_hash=self._hasher.hash(validate_password(password))
+            if password is not None
+            else None,
+        )
+        return User.from_record(record)
+
+    def authenticate(self, email: str, password: str) -> User:
+        """The user whose email and password match; otherwise ``InvalidCredentialsError``
+        (the same error, at about the same cost, for an unknown email and a wrong password)."""
+        record = self._store.get_user_by_email(email) if isinstance(email, str) else None
+        if not isinstance(password, str) or len(password) > MAX_PASSWORD_LENGTH:
+            raise InvalidCredentialsError()
+        if record is None or record.password_hash is None:
+            self._hasher.verify(self._dummy_hash, password)
+            raise InvalidCredentialsError()
+        if not self._hasher.verify(record.password_hash, password):
+            raise InvalidCredentialsError()
+        if self._hasher.needs_rehash(record.password_hash):
+            self._store.update_user(record.id, password_hash=self._hasher.hash(password))
+        return User.from_record(record)
