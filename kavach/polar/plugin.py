@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import requests
@@ -19,14 +20,17 @@ import requests
 from kavach.errors import (
     ConfigurationError,
     ConflictError,
+    NotFoundError,
     OrganizationMismatchError,
+    PolarNotFoundError,
     UserNotFoundError,
     WebhookCallbackError,
     WebhookPayloadError,
     WebhookVerificationError,
 )
+from kavach.polar.access import AccessDecision, decide_access
 from kavach.polar.client import PRODUCTION_API_URL, SANDBOX_API_URL, PolarClient
-from kavach.polar.models import Checkout
+from kavach.polar.models import Checkout, CustomerSession
 from kavach.polar.subscriptions import (
     PolarSubscription,
     SubscriptionPayloadError,
@@ -35,7 +39,7 @@ from kavach.polar.subscriptions import (
     state_from_payload,
 )
 from kavach.polar.webhooks import DEFAULT_TOLERANCE_SECONDS, WebhookVerifier
-from kavach.records import InboxEvent, SubscriptionState, UserRecord
+from kavach.records import InboxEvent, SubscriptionState, UserRecord, most_relevant
 
 if TYPE_CHECKING:
     from kavach.clock import Clock
@@ -105,6 +109,46 @@ class SyncResult:
     applied: tuple[str, ...]
 
 
+class SubscriptionNotFoundError(NotFoundError):
+    """The user has no live subscription to act on."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"user {user_id!r} has no live subscription")
+        self.user_id = user_id
+
+
+class CheckoutNotFoundError(NotFoundError):
+    """No checkout with this id belongs to the user (missing and foreign look the same)."""
+
+    def __init__(self, checkout_id: str) -> None:
+        super().__init__(f"no checkout {checkout_id!r} for this user")
+        self.checkout_id = checkout_id
+
+
+@attrs.frozen
+class CheckoutReturn:
+    """:meth:`PolarPlugin.get_checkout`'s answer: the checkout, the user's subscription
+    after the sync (when the checkout succeeded) and what the sync did."""
+
+    checkout: Checkout
+    subscription: PolarSubscription | None
+    synced: SyncResult | None
+
+
+def with_checkout_id(success_url: str) -> str:
+    """``success_url`` with ``checkout_id={CHECKOUT_ID}`` added unless it already carries
+    the placeholder (Polar substitutes it with the checkout's id)."""
+    if "{CHECKOUT_ID}" in success_url:
+        return success_url
+    query = urlsplit(success_url).query
+    if any(k == "checkout_id" for k, _ in parse_qsl(query, keep_blank_values=True)):
+        return success_url
+    base, hash_sign, fragment = success_url.partition("#")
+    fragment = hash_sign + fragment
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}checkout_id={{CHECKOUT_ID}}{fragment}"
+
+
 def _validated_secret(value: object, field: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigurationError(f"{field} must be a non-empty string", field=field)
@@ -135,6 +179,7 @@ class PolarPlugin:
         max_retries: int = 3,
         webhook_tolerance: int = DEFAULT_TOLERANCE_SECONDS,
         max_webhook_body: int = DEFAULT_MAX_WEBHOOK_BODY,
+        past_due_grace: timedelta = timedelta(0),
     ) -> None:
         token = _validated_secret(access_token, "access_token")
         secret = _validated_secret(webhook_secret, "webhook_secret")
@@ -162,6 +207,9 @@ class PolarPlugin:
         self.organization_id = organization_id
         self.on_subscription_change = on_subscription_change
         self.max_webhook_body = max_webhook_body
+        if past_due_grace < timedelta(0):
+            raise ConfigurationError("past_due_grace must not be negative", field="past_due_grace")
+        self.past_due_grace = past_due_grace
         self.webhook_tolerance = webhook_tolerance
         client_options: dict[str, Any] = {"max_retries": max_retries}
         if timeout is not None:
@@ -243,7 +291,7 @@ class PolarPlugin:
         if user.name:
             body["customer_name"] = user.name
         optional = {
-            "success_url": success_url,
+            "success_url": with_checkout_id(success_url) if success_url else None,
             "return_url": return_url,
             "allow_discount_codes": allow_discount_codes,
             "discount_id": discount_id,
@@ -316,6 +364,89 @@ class PolarPlugin:
                 applied.append(sub_id)
                 self._notify(user.id, state)
         return SyncResult(user_id=user.id, seen=tuple(found), applied=tuple(applied))
+
+    def access(self, user_id: str, at: datetime | None = None) -> AccessDecision:
+        """Is the user entitled now (or ``at``), and why? A pure function of stored state
+        and the clock; see :func:`kavach.polar.access.decide_access` for the rules."""
+        states = self._store.list_subscriptions(user_id)
+        now = at or self._clock.now()
+        return decide_access(most_relevant(states), now, past_due_grace=self.past_due_grace)
+
+    # -- management: portal, cancel/uncancel, return from checkout ---------------------
+    def create_portal_session(
+        self, user_id: str, *, return_url: str | None = None
+    ) -> CustomerSession:
+        """A Polar customer-portal session for the user's own customer (by external id);
+        send them to ``.customer_portal_url``. Raises ``UserNotFoundError`` before any call."""
+        user = self._store.get_user(user_id)
+        if user is None:
+            raise UserNotFoundError(user_id)
+        return self.client.create_customer_session(
+            external_customer_id=user.id, return_url=return_url
+        )
+
+    def cancel_subscription(
+        self,
+        user_id: str,
+        *,
+        reason: str | None = None,
+        comment: str | None = None,
+    ) -> PolarSubscription:
+        """Cancel the user's current subscription at the end of its period.
+
+        ``PATCH /v1/subscriptions/{id}`` with ``cancel_at_period_end=true``; the answer is
+        applied at once through the guarded write. Raises ``SubscriptionNotFoundError``
+        when the user has no live subscription; Polar's 403 ``AlreadyCanceledSubscription``
+        and 409 ``SubscriptionLocked`` arrive as ``PolarPermissionError`` /
+        ``PolarConflictError`` with ``.error`` set.
+        """
+        body: dict[str, Any] = {"cancel_at_period_end": True}
+        if reason:
+            body["customer_cancellation_reason"] = reason
+        if comment:
+            body["customer_cancellation_comment"] = comment
+        return self._update_own_subscription(user_id, body)
+
+    def uncancel_subscription(self, user_id: str) -> PolarSubscription:
+        """Undo a scheduled cancellation (``cancel_at_period_end=false``)."""
+        return self._update_own_subscription(user_id, {"cancel_at_period_end": False})
+
+    def _update_own_subscription(self, user_id: str, body: dict[str, Any]) -> PolarSubscription:
+        user = self._store.get_user(user_id)
+        if user is None:
+            raise UserNotFoundError(user_id)
+        current = most_relevant(self._store.list_subscriptions(user_id))
+        if current is None or current.revoked:
+            raise SubscriptionNotFoundError(user_id)
+        data = self.client.update_subscription(current.id, body)
+        state = state_from_payload(data, user.id, fallback_time=self._clock.now())
+        if self._store.apply_subscription(state):
+            self._notify(user.id, state)
+        stored = self._store.get_subscription(state.id) or state
+        return PolarSubscription.from_state(stored)
+
+    def get_checkout(self, user_id: str, checkout_id: str) -> CheckoutReturn:
+        """The return-from-checkout step: fetch the user's own checkout and, when it has
+        succeeded, sync their subscriptions at once (no "paid but not upgraded" gap while
+        the webhook is in flight). Another user's checkout raises ``CheckoutNotFoundError``,
+        exactly like a missing one."""
+        user = self._store.get_user(user_id)
+        if user is None:
+            raise UserNotFoundError(user_id)
+        try:
+            checkout = self.client.get_checkout(checkout_id)
+        except PolarNotFoundError:
+            raise CheckoutNotFoundError(checkout_id) from None
+        owner = checkout.external_customer_id or checkout.metadata.get(USER_ID_METADATA_KEY)
+        if owner != user.id:
+            raise CheckoutNotFoundError(checkout_id)
+        if self.organization_id and checkout.organization_id != self.organization_id:
+            raise CheckoutNotFoundError(checkout_id)
+        synced: SyncResult | None = None
+        if str(checkout.status) == "succeeded":
+            synced = self.sync(user.id)
+        return CheckoutReturn(checkout=checkout, subscription=self.get_subscription(user.id),
+                              synced=synced)
 
     # -- webhooks --------------------------------------------------------------------
     def handle_webhook(self, body: bytes, headers: Mapping[str, str]) -> WebhookOutcome:
@@ -526,6 +657,7 @@ def polar(
     max_retries: int = 3,
     webhook_tolerance: int = DEFAULT_TOLERANCE_SECONDS,
     max_webhook_body: int = DEFAULT_MAX_WEBHOOK_BODY,
+    past_due_grace: timedelta = timedelta(0),
 ) -> PolarPlugin:
     """The Polar plugin, configured and validated at once.
 
@@ -545,4 +677,5 @@ def polar(
         max_retries=max_retries,
         webhook_tolerance=webhook_tolerance,
         max_webhook_body=max_webhook_body,
+        past_due_grace=past_due_grace,
     )

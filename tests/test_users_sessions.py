@@ -1,0 +1,158 @@
+"""kavach.users and kavach.sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from kavach import (
+    EmailTakenError,
+    FrozenClock,
+    InvalidCredentialsError,
+    InvalidInputError,
+    Kavach,
+    PasswordHasher,
+    UserNotFoundError,
+    create_kavach,
+)
+from kavach.sessions import hash_token
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(datetime(2026, 11, 1, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def kavach(clock: FrozenClock) -> Iterator[Kavach]:
+    with create_kavach("memory://", clock=clock, password_hasher=PasswordHasher.fast()) as k:
+        yield k
+
+
+def test_create_and_get_user(kavach: Kavach, clock: FrozenClock) -> None:
+    user = kavach.users.create("jane@acme.io", password=PASSWORD, name="Jane")
+    assert (user.email, user.name, user.created_at) == ("jane@acme.io", "Jane", clock.now())
+    assert kavach.users.get(user.id) == user
+
+
+def test_email_lookup_is_case_insensitive(kavach: Kavach) -> None:
+    user = kavach.users.create("jane@acme.io")
+    assert kavach.users.get_by_email("JANE@acme.io") == user
+
+
+def test_email_is_unique_case_insensitively(kavach: Kavach) -> None:
+    kavach.users.create("jane@acme.io")
+    with pytest.raises(EmailTakenError):
+        kavach.users.create("Jane@ACME.io")
+
+
+@pytest.mark.parametrize("email", ["", "no-at-sign", "a@b", "a b@c.io", "@c.io", 5])
+def test_invalid_email_is_refused(kavach: Kavach, email: object) -> None:
+    with pytest.raises(InvalidInputError) as err:
+        kavach.users.create(email)  # type: ignore[arg-type]
+    assert err.value.field == "email"
+
+
+@pytest.mark.parametrize("password", ["short", "x" * 1025])
+def test_password_length_is_enforced(kavach: Kavach, password: str) -> None:
+    with pytest.raises(InvalidInputError) as err:
+        kavach.users.create("jane@acme.io", password=password)
+    assert err.value.field == "password"
+
+
+def test_password_is_stored_as_argon2id_hash(kavach: Kavach) -> None:
+    user = kavach.users.create("jane@acme.io", password=PASSWORD)
+    record = kavach.store.get_user(user.id)
+    assert record is not None
+    assert record.password_hash is not None
+    assert record.password_hash.startswith("$argon2id$")
+    assert PASSWORD not in record.password_hash
+
+
+def test_authenticate_accepts_the_right_password(kavach: Kavach) -> None:
+    user = kavach.users.create("jane@acme.io", password=PASSWORD)
+    assert kavach.users.authenticate("JANE@acme.io", PASSWORD) == user
+
+
+def test_authenticate_gives_the_same_error_for_unknown_email_and_wrong_password(
+    kavach: Kavach,
+) -> None:
+    kavach.users.create("jane@acme.io", password=PASSWORD)
+    with pytest.raises(InvalidCredentialsError) as wrong:
+        kavach.users.authenticate("jane@acme.io", "wrong password")
+    with pytest.raises(InvalidCredentialsError) as unknown:
+        kavach.users.authenticate("nobody@acme.io", PASSWORD)
+    assert str(wrong.value) == str(unknown.value)
+
+
+def test_user_without_password_cannot_authenticate(kavach: Kavach) -> None:
+    kavach.users.create("jane@acme.io")
+    with pytest.raises(InvalidCredentialsError):
+        kavach.users.authenticate("jane@acme.io", PASSWORD)
+
+
+def test_update_user(kavach: Kavach) -> None:
+    user = kavach.users.create("jane@acme.io", password=PASSWORD)
+    updated = kavach.users.update(user.id, email="jane@new.io", name="J", password="another pw!")
+    assert (updated.email, updated.name) == ("jane@new.io", "J")
+    assert kavach.users.authenticate("jane@new.io", "another pw!") == updated
+
+
+def test_update_unknown_user(kavach: Kavach) -> None:
+    with pytest.raises(UserNotFoundError):
+        kavach.users.update("nope", name="x")
+
+
+def test_session_token_is_long_random_and_only_its_hash_is_stored(kavach: Kavach) -> None:
+    user = kavach.users.create("jane@acme.io")
+    issued = kavach.sessions.create(user.id)
+    assert len(issued.token) >= 43 + 4  # 256 bits of url-safe base64 plus prefix
+    assert issued.token not in repr(issued)
+    assert kavach.store.get_session(issued.token) is None
+    assert kavach.store.get_session(hash_token(issued.token)) is not None
+
+
+def test_session_resolves_until_it_expires(kavach: Kavach, clock: FrozenClock) -> None:
+    user = kavach.users.create("jane@acme.io")
+    issued = kavach.sessions.create(user.id)
+    assert issued.expires_at == clock.now() + timedelta(days=7)
+    resolved = kavach.sessions.resolve(issued.token)
+    assert resolved is not None
+    assert resolved.user_id == user.id
+    clock.advance(days=7)
+    assert kavach.sessions.resolve(issued.token) is None
+
+
+def test_revoked_session_does_not_resolve(kavach: Kavach) -> None:
+    user = kavach.users.create("jane@acme.io")
+    issued = kavach.sessions.create(user.id)
+    assert kavach.sessions.revoke(issued.token) is True
+    assert kavach.sessions.resolve(issued.token) is None
+    assert kavach.sessions.revoke(issued.token) is False
+
+
+@pytest.mark.parametrize("token", ["", "kvs_unknown", "x" * 5000])
+def test_unknown_tokens_do_not_resolve(kavach: Kavach, token: str) -> None:
+    assert kavach.sessions.resolve(token) is None
+
+
+def test_session_for_unknown_user_is_refused(kavach: Kavach) -> None:
+    with pytest.raises(UserNotFoundError):
+        kavach.sessions.create("ghost")
+
+
+def test_session_ttl_is_configurable(clock: FrozenClock) -> None:
+    with create_kavach("memory://", clock=clock, session_ttl=timedelta(hours=1)) as kavach:
+        user = kavach.users.create("jane@acme.io")
+        assert kavach.sessions.create(user.id).expires_at == clock.now() + timedelta(hours=1)
+
+
+def test_purge_expired_sessions(kavach: Kavach, clock: FrozenClock) -> None:
+    user = kavach.users.create("jane@acme.io")
+    kavach.sessions.create(user.id)
+    clock.advance(days=8)
+    assert kavach.sessions.purge_expired() == 1
