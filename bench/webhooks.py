@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kavach import FrozenClock, PasswordHasher, create_kavach  # noqa: E402
 from kavach.auth import polar  # noqa: E402
 from kavach.polar.webhooks import sign_webhook  # noqa: E402
-from tests.polar.payloads import envelope, subscription  # noqa: E402
+from tests.polar_plugin.payloads import envelope, subscription  # noqa: E402
 
 SECRET = "whsec_" + base64.b64encode(b"bench-secret-0123456789abcdefghij").decode()
 START = datetime(2026, 8, 22, 10, 0, tzinfo=UTC)

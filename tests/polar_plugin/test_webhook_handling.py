@@ -20,8 +20,8 @@ from kavach import (
     WebhookVerificationError,
 )
 from kavach.polar import SUBSCRIPTION_EVENTS
-from tests.polar.conftest import START, PolarHarness
-from tests.polar.payloads import ORG_ID, envelope, new_id, subscription
+from tests.polar_plugin.conftest import START, PolarHarness
+from tests.polar_plugin.payloads import ORG_ID, envelope, new_id, subscription
 
 T0 = START - timedelta(minutes=2)
 
@@ -118,7 +118,7 @@ def test_body_over_the_limit_is_rejected_before_verification(harness: PolarHarne
 
 
 def test_secret_never_appears_in_errors_or_reprs(harness: PolarHarness) -> None:
-    from tests.polar.conftest import SECRET
+    from tests.polar_plugin.conftest import SECRET
 
     with pytest.raises(WebhookVerificationError) as err:
         harness.plugin.handle_webhook(b"{}", {"webhook-id": "x", "webhook-timestamp": "1",
