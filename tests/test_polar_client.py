@@ -825,3 +825,19 @@ def test_recording_hooks_redact_tokens_in_bodies(vcr_config: dict[str, Any]) -> 
 def test_recording_filters_the_authorization_header(vcr_config: dict[str, Any]) -> None:
     assert ("authorization", "Bearer <REDACTED>") in vcr_config["filter_headers"]
     assert vcr_config["record_mode"] in ("none", "once", "new_episodes", "all", "rewrite")
+
+
+def test_post_is_retried_after_rate_limit_which_refused_it_before_any_work(
+    client: PolarClient, stub: StubPolar, sleeps: list[float]
+) -> None:
+    stub.script(Reply(429, headers={"retry-after": "2"}), json_reply(201, CHECKOUT_JSON))
+    checkout = client.create_checkout({"products": ["p1"]})
+    assert checkout.id == "c1"
+    assert sleeps == [2.0]
+    assert len(stub.hits) == 2
+
+
+def test_every_request_pins_the_polar_api_version(client: PolarClient, stub: StubPolar) -> None:
+    stub.script(json_reply(200, '{"id":"s1"}'))
+    client.get_subscription("s1")
+    assert stub.hits[0].headers["Polar-Version"] == "2026-04"

@@ -9,9 +9,10 @@ second checkout):
 
 * ``GET`` and ``HEAD`` are retried on a connection error, a timeout (connect or read),
   a body cut off mid-transfer, a ``429`` and any ``5xx``.
-* ``POST`` is retried only when the request provably never left this machine: the
-  connection could not be opened (refused, DNS failure, connect timeout). Once a
-  connection is open, nothing is retried: not a read timeout, not a reset, not a 5xx.
+* ``POST`` is retried only when the request provably did nothing: the connection could
+  not be opened (refused, DNS failure, connect timeout), or Polar answered ``429`` (its
+  rate limiter rejects a request before any route runs). Otherwise, once a connection is
+  open, nothing is retried: not a read timeout, not a reset, not a 5xx.
 * ``PATCH`` and ``DELETE`` (and anything else) are never retried.
 * At most ``max_retries`` retries (``max_retries + 1`` attempts). The wait before retry
   ``n`` (0-based) is ``min(backoff_cap, backoff_base * 2**n)``, jittered into its upper
@@ -130,9 +131,16 @@ def may_retry_error(method: str, exc: requests.RequestException) -> bool:
     return False
 
 
+#: The Polar API version kavach speaks; sent as ``Polar-Version`` on every request.
+POLAR_API_VERSION = "2026-04"
+
+
 def may_retry_status(method: str, status_code: int) -> bool:
-    """The retry rule for a request that answered: 429 and 5xx, idempotent methods only."""
-    return method in RETRYABLE_METHODS and (status_code == 429 or status_code >= 500)
+    """The retry rule for a request that answered: 429 and 5xx for idempotent methods;
+    429 also for POST, which Polar's rate limiter refuses before anything is created."""
+    if status_code == 429:
+        return method in RETRYABLE_METHODS or method == "POST"
+    return method in RETRYABLE_METHODS and status_code >= 500
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -203,6 +211,8 @@ class Transport:
             "Authorization": f"Bearer {self._access_token}",
             "Accept": "application/json",
             "User-Agent": f"kavach/{__version__}",
+            # Pin the API version kavach is built and tested against (polar-api.md §1).
+            "Polar-Version": POLAR_API_VERSION,
         }
         if has_body:
             headers["Content-Type"] = "application/json"
