@@ -1,0 +1,105 @@
+"""The contract's rules as pure functions, so every backend applies the same ones.
+
+The memory and JSON stores call them on records; the SQL store calls them on rows it
+read under a lock and writes the result back. Keeping them here is what makes "the
+behaviour is identical across stores" true by construction rather than by care.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from kavach.records import (
+    INBOX_STATUSES,
+    InboxEvent,
+    SubscriptionState,
+    UserRecord,
+    most_relevant,
+    subscription_rank,
+)
+from kavach.stores._codec import as_utc
+
+#: The ``kavach_users`` columns that mirror the user's most relevant subscription.
+MIRROR_FIELDS = (
+    "polar_subscription_id",
+    "polar_subscription_status",
+    "polar_product_id",
+    "polar_current_period_end",
+    "polar_cancel_at_period_end",
+    "polar_subscription_version",
+)
+
+
+def mirror_values(states: list[SubscriptionState]) -> dict[str, Any]:
+    """The mirror columns for a user holding ``states`` (all ``None`` when there are none)."""
+    best = most_relevant(states)
+    if best is None:
+        return dict.fromkeys(MIRROR_FIELDS)
+    return {
+        "polar_subscription_id": best.id,
+        "polar_subscription_status": best.status,
+        "polar_product_id": best.product_id,
+        "polar_current_period_end": best.current_period_end,
+        "polar_cancel_at_period_end": best.cancel_at_period_end,
+        "polar_subscription_version": best.version,
+    }
+
+
+def with_mirror(user: UserRecord, states: list[SubscriptionState]) -> UserRecord:
+    """``user`` with its mirror columns recomputed from ``states``."""
+    return attrs.evolve(user, **mirror_values(states))
+
+
+def by_relevance(states: list[SubscriptionState]) -> list[SubscriptionState]:
+    """Most relevant first (``subscription_rank``), ties broken by id for a stable order."""
+    return sorted(states, key=lambda state: (subscription_rank(state), state.id))
+
+
+def applied_event(event: InboxEvent, state: SubscriptionState) -> InboxEvent:
+    """The inbox event after the delivery applied ``state``."""
+    return attrs.evolve(event, outcome="applied", user_id=state.user_id, subscription_id=state.id)
+
+
+def redelivered(stored: InboxEvent) -> InboxEvent | None:
+    """What a redelivery of ``stored`` turns it into; ``None`` when it stays unchanged.
+
+    A processed delivery is a duplicate and stays as it is; a received or failed one is
+    being retried: one more attempt, back to ``received``.
+    """
+    if stored.status == "processed":
+        return None
+    return attrs.evolve(stored, attempts=stored.attempts + 1, status="received")
+
+
+def finished(
+    stored: InboxEvent,
+    *,
+    status: str,
+    at: datetime,
+    outcome: str | None,
+    error: str | None,
+    user_id: str | None,
+    subscription_id: str | None,
+) -> InboxEvent:
+    """``stored`` after ``finish_event``; see :meth:`kavach.stores.base.Store.finish_event`."""
+    if status not in INBOX_STATUSES:
+        raise ValueError(f"inbox status must be one of {INBOX_STATUSES}, not {status!r}")
+    keep_outcome = outcome is None or stored.outcome == "applied"
+    return attrs.evolve(
+        stored,
+        status=status,
+        processed_at=as_utc(at) if status == "processed" else stored.processed_at,
+        last_error=error,
+        outcome=stored.outcome if keep_outcome else outcome,
+        user_id=stored.user_id if user_id is None else user_id,
+        subscription_id=stored.subscription_id if subscription_id is None else subscription_id,
+    )
+
+
+def check_page(limit: int, offset: int) -> None:
+    """Refuse a negative ``limit`` or ``offset`` (``ValueError``), the same in every store."""
+    if limit < 0 or offset < 0:
+        raise ValueError(f"limit and offset must be >= 0, got limit={limit}, offset={offset}")

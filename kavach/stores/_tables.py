@@ -1,0 +1,254 @@
+"""In-memory tables shared by the memory store and the JSON file store.
+
+Every write is split in two steps:
+
+1. a ``plan_*`` method checks the contract's rules against the current tables and
+   returns a :class:`Change` (the records to put or delete) without touching anything;
+2. :meth:`Tables.apply` puts the change in place.
+
+The memory store runs both steps under its lock. The JSON file store, between the two,
+appends the change to its journal and fsyncs it: a journal line *is* a ``Change``, and
+replaying the journal is calling :meth:`Tables.apply` line after line. Callers hold a
+lock; nothing here is thread-safe on its own.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime
+
+import attrs
+
+from kavach.errors import ConflictError, EmailTakenError, NotFoundError, UserNotFoundError
+from kavach.records import InboxEvent, SessionRecord, SubscriptionState, UserRecord
+from kavach.stores import _rules
+from kavach.stores.base import normalize_email
+
+
+@attrs.frozen
+class Change:
+    """One committed change: records to put (insert or replace) and sessions to delete."""
+
+    users: tuple[UserRecord, ...] = ()
+    sessions: tuple[SessionRecord, ...] = ()
+    deleted_sessions: tuple[str, ...] = ()
+    subscriptions: tuple[SubscriptionState, ...] = ()
+    events: tuple[InboxEvent, ...] = ()
+
+
+class Tables:
+    """Users, sessions, subscriptions and inbox events, with the indexes lookups need."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, UserRecord] = {}
+        self.user_id_by_email: dict[str, str] = {}
+        self.user_id_by_customer: dict[str, str] = {}
+        self.sessions: dict[str, SessionRecord] = {}
+        self.subscriptions: dict[str, SubscriptionState] = {}
+        self.subscription_ids_by_user: dict[str, set[str]] = {}
+        self.events: dict[str, InboxEvent] = {}
+        self.event_counts: Counter[str] = Counter()
+
+    # -- reads ----------------------------------------------------------------------
+    def user_by_email(self, email: str) -> UserRecord | None:
+        """The user whose normalized email equals ``email``'s."""
+        user_id = self.user_id_by_email.get(normalize_email(email))
+        return None if user_id is None else self.users[user_id]
+
+    def user_by_customer(self, customer_id: str) -> UserRecord | None:
+        """The user linked to Polar customer ``customer_id``."""
+        user_id = self.user_id_by_customer.get(customer_id)
+        return None if user_id is None else self.users[user_id]
+
+    def subscriptions_of(self, user_id: str) -> list[SubscriptionState]:
+        """The user's subscriptions, in no particular order."""
+        ids = self.subscription_ids_by_user.get(user_id, ())
+        return [self.subscriptions[sub_id] for sub_id in ids]
+
+    def list_events(self, status: str | None, limit: int, offset: int) -> list[InboxEvent]:
+        """Newest first (``received_at``, then ``webhook_id``), filtered and paged."""
+        _rules.check_page(limit, offset)
+        events: Iterable[InboxEvent] = self.events.values()
+        if status is not None:
+            events = (event for event in events if event.status == status)
+        ordered = sorted(events, key=lambda e: (e.received_at, e.webhook_id), reverse=True)
+        return ordered[offset : offset + limit]
+
+    def count_events(self, status: str | None) -> int:
+        """How many inbox events (with ``status``, when given)."""
+        return len(self.events) if status is None else self.event_counts[status]
+
+    # -- plans: check the rules, return what to write --------------------------------
+    def plan_create_user(self, user: UserRecord) -> Change:
+        """Raises ``ConflictError(field="id")``, ``EmailTakenError`` or
+        ``ConflictError(field="polar_customer_id")``, in that order of checking."""
+        if user.id in self.users:
+            raise ConflictError(f"a user with id {user.id!r} already exists", field="id")
+        if normalize_email(user.email) in self.user_id_by_email:
+            raise EmailTakenError(user.email)
+        if user.polar_customer_id is not None:
+            self._check_customer_free(user.polar_customer_id, user.id)
+        return Change(users=(user,))
+
+    def plan_update_user(
+        self,
+        user_id: str,
+        *,
+        email: str | None,
+        name: str | None,
+        password_hash: str | None,
+    ) -> tuple[Change | None, UserRecord]:
+        """The change and the updated user; raises ``UserNotFoundError``, ``EmailTakenError``."""
+        user = self._user(user_id)
+        if email is not None:
+            holder = self.user_id_by_email.get(normalize_email(email))
+            if holder is not None and holder != user_id:
+                raise EmailTakenError(email)
+        updated = attrs.evolve(
+            user,
+            email=user.email if email is None else email,
+            name=user.name if name is None else name,
+            password_hash=user.password_hash if password_hash is None else password_hash,
+        )
+        return (None if updated == user else Change(users=(updated,))), updated
+
+    def plan_link_polar_customer(
+        self, user_id: str, customer_id: str
+    ) -> tuple[Change | None, UserRecord]:
+        """The change (``None`` when already linked) and the linked user."""
+        user = self._user(user_id)
+        if user.polar_customer_id == customer_id:
+            return None, user
+        self._check_customer_free(customer_id, user_id)
+        linked = attrs.evolve(user, polar_customer_id=customer_id)
+        return Change(users=(linked,)), linked
+
+    def plan_create_session(self, session: SessionRecord) -> Change:
+        """Raises ``ConflictError(field="token_hash")`` on a duplicate hash."""
+        if session.token_hash in self.sessions:
+            raise ConflictError("a session with this token hash already exists", field="token_hash")
+        return Change(sessions=(session,))
+
+    def plan_revoke_session(self, token_hash: str, at: datetime) -> Change | None:
+        """``None`` when there is no live (unrevoked) session with this hash."""
+        session = self.sessions.get(token_hash)
+        if session is None or session.revoked_at is not None:
+            return None
+        return Change(sessions=(attrs.evolve(session, revoked_at=at),))
+
+    def plan_delete_expired_sessions(self, now: datetime) -> Change:
+        """Delete the sessions whose ``expires_at`` is before ``now``."""
+        expired = tuple(h for h, s in self.sessions.items() if s.expires_at < now)
+        return Change(deleted_sessions=expired)
+
+    def plan_apply_subscription(
+        self, state: SubscriptionState, webhook_id: str | None
+    ) -> Change | None:
+        """The conditional write: ``None`` unless ``state`` is newer than the stored one."""
+        if state.user_id not in self.users:
+            raise UserNotFoundError(state.user_id)
+        current = self.subscriptions.get(state.id)
+        if current is not None and current.version >= state.version:
+            return None
+        # Recompute the mirror of every user the write touches: the new holder and, when
+        # the subscription moved to another user, its previous holder.
+        touched = [state.user_id]
+        if current is not None and current.user_id != state.user_id:
+            touched.append(current.user_id)
+        users = []
+        for user_id in touched:
+            states = [s for s in self.subscriptions_of(user_id) if s.id != state.id]
+            if user_id == state.user_id:
+                states.append(state)
+            users.append(_rules.with_mirror(self.users[user_id], states))
+        event = self.events.get(webhook_id) if webhook_id is not None else None
+        events = () if event is None else (_rules.applied_event(event, state),)
+        return Change(users=tuple(users), subscriptions=(state,), events=events)
+
+    def plan_record_event(self, event: InboxEvent) -> tuple[Change | None, InboxEvent, bool]:
+        """The change, the event as stored afterwards, and whether it was new."""
+        stored = self.events.get(event.webhook_id)
+        if stored is None:
+            return Change(events=(event,)), event, True
+        again = _rules.redelivered(stored)
+        if again is None:
+            return None, stored, False
+        return Change(events=(again,)), again, False
+
+    def plan_finish_event(
+        self,
+        webhook_id: str,
+        *,
+        status: str,
+        at: datetime,
+        outcome: str | None,
+        error: str | None,
+        user_id: str | None,
+        subscription_id: str | None,
+    ) -> tuple[Change, InboxEvent]:
+        """Raises ``NotFoundError`` for an unknown ``webhook_id``."""
+        stored = self.events.get(webhook_id)
+        if stored is None:
+            raise NotFoundError(f"no webhook event with id {webhook_id!r}")
+        done = _rules.finished(
+            stored,
+            status=status,
+            at=at,
+            outcome=outcome,
+            error=error,
+            user_id=user_id,
+            subscription_id=subscription_id,
+        )
+        return Change(events=(done,)), done
+
+    # -- apply ------------------------------------------------------------------------
+    def apply(self, change: Change) -> None:
+        """Put ``change`` in place (no checks: they ran when it was planned)."""
+        for user in change.users:
+            self._put_user(user)
+        for session in change.sessions:
+            self.sessions[session.token_hash] = session
+        for token_hash in change.deleted_sessions:
+            self.sessions.pop(token_hash, None)
+        for state in change.subscriptions:
+            self._put_subscription(state)
+        for event in change.events:
+            previous = self.events.get(event.webhook_id)
+            if previous is not None:
+                self.event_counts[previous.status] -= 1
+            self.events[event.webhook_id] = event
+            self.event_counts[event.status] += 1
+
+    # -- helpers ----------------------------------------------------------------------
+    def _user(self, user_id: str) -> UserRecord:
+        user = self.users.get(user_id)
+        if user is None:
+            raise UserNotFoundError(user_id)
+        return user
+
+    def _check_customer_free(self, customer_id: str, user_id: str) -> None:
+        holder = self.user_id_by_customer.get(customer_id)
+        if holder is not None and holder != user_id:
+            raise ConflictError(
+                f"Polar customer {customer_id!r} is linked to another user",
+                field="polar_customer_id",
+            )
+
+    def _put_user(self, user: UserRecord) -> None:
+        previous = self.users.get(user.id)
+        if previous is not None:
+            self.user_id_by_email.pop(normalize_email(previous.email), None)
+            if previous.polar_customer_id is not None:
+                self.user_id_by_customer.pop(previous.polar_customer_id, None)
+        self.users[user.id] = user
+        self.user_id_by_email[normalize_email(user.email)] = user.id
+        if user.polar_customer_id is not None:
+            self.user_id_by_customer[user.polar_customer_id] = user.id
+
+    def _put_subscription(self, state: SubscriptionState) -> None:
+        previous = self.subscriptions.get(state.id)
+        if previous is not None and previous.user_id != state.user_id:
+            self.subscription_ids_by_user[previous.user_id].discard(state.id)
+        self.subscriptions[state.id] = state
+        self.subscription_ids_by_user.setdefault(state.user_id, set()).add(state.id)

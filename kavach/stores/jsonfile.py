@@ -1,0 +1,541 @@
+"""A store in one JSON file, safe for several processes on one machine.
+
+Files, beside each other:
+
+``<path>``
+    The snapshot: readable JSON with ``format``, ``schema_version``, ``generation`` and
+    the lists ``users``, ``sessions``, ``subscriptions`` and ``events`` (one record a line).
+    It is only ever replaced whole, atomically (temp file, fsync, ``os.replace``, fsync of
+    the directory).
+``<path>.journal``
+    Append-only JSON lines. Each line is one committed change (the records it puts and
+    the sessions it deletes) tagged ``"g"`` with the snapshot generation it applies to.
+    A change is written with a single ``write()`` and fdatasync'ed before the call
+    returns, so a write costs the same at 10 users and at 100,000.
+``<path>.lock``
+    An advisory ``flock``: shared for reads, exclusive for writes.
+
+Every operation takes the flock and first catches up with what other processes did:
+if the snapshot was replaced (its inode, size or mtime changed) it is reloaded, and
+journal lines beyond the ones this process has read are applied. The rules are then
+checked against up-to-date tables and the change appended while the exclusive lock is
+held, so the conditional write and ``record_event`` are atomic across processes too.
+
+When the journal holds more than ``compact_after`` lines *and* more bytes than the
+snapshot, the writer compacts: a new snapshot with ``generation + 1``, then the journal
+is truncated. A crash between the two leaves old-generation lines in the journal; they
+are already in the snapshot and are skipped on replay, then dropped by the next write.
+
+Crash safety: a torn last journal line (no trailing newline, or not valid JSON) is an
+uncommitted write. It is skipped on read and truncated away by the next write; every
+earlier line is kept. An unreadable line *followed by* other lines is corruption and
+raises :class:`~kavach.errors.StoreCorruptError` naming the file and line number.
+
+Open the store after forking worker processes (a forked child would share the
+parent's lock file description); the store notices a fork and reopens its files.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from typing import Any
+
+from kavach.errors import StoreCorruptError, StoreError
+from kavach.records import InboxEvent, SessionRecord, SubscriptionState, UserRecord
+from kavach.stores import _rules
+from kavach.stores._codec import Record, as_utc, from_json, to_json, utc_record
+from kavach.stores._tables import Change, Tables
+from kavach.stores.base import SCHEMA_VERSION
+
+logger = logging.getLogger(__name__)
+
+#: The ``format`` marker of a snapshot file.
+SNAPSHOT_FORMAT = "kavach-json-store"
+#: Compact once the journal has more lines than this (and more bytes than the snapshot).
+DEFAULT_COMPACT_AFTER = 1000
+
+_FileId = tuple[int, int, int, int]
+
+
+def _file_id(st: os.stat_result) -> _FileId:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _encode_change(change: Change, generation: int) -> bytes:
+    """One journal line (with its newline) for ``change``."""
+    entry: dict[str, Any] = {"g": generation}
+    if change.users:
+        entry["users"] = [to_json(user) for user in change.users]
+    if change.sessions:
+        entry["sessions"] = [to_json(session) for session in change.sessions]
+    if change.deleted_sessions:
+        entry["deleted_sessions"] = list(change.deleted_sessions)
+    if change.subscriptions:
+        entry["subscriptions"] = [to_json(state) for state in change.subscriptions]
+    if change.events:
+        entry["events"] = [to_json(event) for event in change.events]
+    return json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _decode_change(entry: Mapping[str, Any]) -> Change:
+    """The :class:`Change` a journal line holds (raises on malformed content)."""
+    return Change(
+        users=tuple(from_json(UserRecord, d) for d in entry.get("users", ())),
+        sessions=tuple(from_json(SessionRecord, d) for d in entry.get("sessions", ())),
+        deleted_sessions=tuple(str(h) for h in entry.get("deleted_sessions", ())),
+        subscriptions=tuple(
+            from_json(SubscriptionState, d) for d in entry.get("subscriptions", ())
+        ),
+        events=tuple(from_json(InboxEvent, d) for d in entry.get("events", ())),
+    )
+
+
+class JsonFileStore:
+    """A :class:`~kavach.stores.base.Store` kept in a JSON snapshot plus a JSON-lines journal.
+
+    ``path`` is the snapshot file; its directory must exist. ``compact_after`` is the
+    journal length (in lines) past which a writer compacts.
+    """
+
+    kind = "json"
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, compact_after: int = DEFAULT_COMPACT_AFTER
+    ) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.journal_path = self.path + ".journal"
+        self.lock_path = self.path + ".lock"
+        self._directory = os.path.dirname(self.path)
+        if not os.path.isdir(self._directory):
+            raise StoreError(f"cannot open JSON store {self.path}: directory does not exist")
+        self._compact_after = compact_after
+        self._lock = threading.RLock()
+        self._closed = False
+        # What this process has read; reset by _load_snapshot.
+        self._tables = Tables()
+        self._generation = 0
+        self._schema_version = SCHEMA_VERSION
+        self._snapshot_id: _FileId | None = None
+        self._snapshot_size = 0
+        self._journal_offset = 0  # bytes of complete lines read so far
+        self._journal_lines = 0  # complete lines read so far (stale ones included)
+        self._journal_size = 0  # journal size at the last catch-up
+        self._journal_stale = False  # the journal holds lines of an older generation
+        self._open_files()
+        try:
+            with self._locked(writing=True):
+                pass
+            _fsync_directory(self._directory)
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"JsonFileStore({self.path!r})"
+
+    def _open_files(self) -> None:
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        self._pid = os.getpid()
+        try:
+            self._lock_fd = os.open(self.lock_path, flags, 0o600)
+            self._journal_fd = os.open(self.journal_path, flags | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open JSON store {self.path}: {exc}") from exc
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def schema_version(self) -> int:
+        """The schema version recorded in the snapshot."""
+        with self._locked(writing=False):
+            return self._schema_version
+
+    def close(self) -> None:
+        """Close the files; later calls raise ``StoreError``. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for fd in (getattr(self, "_journal_fd", None), getattr(self, "_lock_fd", None)):
+                if fd is not None:
+                    with suppress(OSError):
+                        os.close(fd)
+
+    def compact(self) -> None:
+        """Write a fresh snapshot and empty the journal now (normally automatic)."""
+        with self._locked(writing=True):
+            self._compact()
+
+    # -- locking and catching up -----------------------------------------------------
+    @contextmanager
+    def _locked(self, *, writing: bool) -> Iterator[Tables]:
+        """Hold the thread lock and the file lock, with the tables caught up."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"the JSON store {self.path} is closed")
+            if os.getpid() != self._pid:  # forked: get our own lock file description
+                os.close(self._lock_fd)
+                os.close(self._journal_fd)
+                self._open_files()
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX if writing else fcntl.LOCK_SH)
+            try:
+                self._catch_up(writing=writing)
+                yield self._tables
+            except OSError as exc:  # reading, compacting: the files failed us
+                raise StoreError(f"JSON store {self.path}: {exc}") from exc
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _catch_up(self, *, writing: bool) -> None:
+        """Bring the tables up to date with the files (the file lock is held)."""
+        try:
+            snapshot = os.stat(self.path)
+        except FileNotFoundError:
+            self._create_snapshot(writing=writing)
+            return
+        if _file_id(snapshot) != self._snapshot_id:
+            self._load_snapshot()
+        size = os.fstat(self._journal_fd).st_size
+        if size < self._journal_offset:  # truncated under us: read everything again
+            self._load_snapshot()
+        if size > self._journal_offset:
+            self._read_journal(size)
+        self._journal_size = size
+
+    def _create_snapshot(self, *, writing: bool) -> None:
+        if not writing or os.fstat(self._journal_fd).st_size > 0:
+            raise StoreCorruptError(f"{self.path}: snapshot file is missing")
+        self._tables = Tables()
+        self._write_snapshot(generation=1)
+        self._schema_version = SCHEMA_VERSION
+        self._journal_offset = self._journal_lines = self._journal_size = 0
+        self._journal_stale = False
+
+    def _load_snapshot(self) -> None:
+        try:
+            with open(self.path, "rb") as file:
+                snapshot_id = _file_id(os.fstat(file.fileno()))
+                data = json.loads(file.read())
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from exc
+        except ValueError as exc:
+            raise StoreCorruptError(f"{self.path}: not valid JSON ({exc})") from exc
+        if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT:
+            raise StoreCorruptError(f"{self.path}: not a kavach JSON store snapshot")
+        version = data.get("schema_version")
+        if not isinstance(version, int) or version < 1:
+            raise StoreCorruptError(f"{self.path}: bad schema_version {version!r}")
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this kavach "
+                f"supports ({SCHEMA_VERSION}); upgrade kavach"
+            )
+        generation = data.get("generation")
+        if not isinstance(generation, int) or generation < 1:
+            raise StoreCorruptError(f"{self.path}: bad generation {generation!r}")
+        tables = Tables()
+        try:
+            tables.apply(
+                Change(
+                    users=tuple(from_json(UserRecord, d) for d in data["users"]),
+                    sessions=tuple(from_json(SessionRecord, d) for d in data["sessions"]),
+                    subscriptions=tuple(
+                        from_json(SubscriptionState, d) for d in data["subscriptions"]
+                    ),
+                    events=tuple(from_json(InboxEvent, d) for d in data["events"]),
+                )
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StoreCorruptError(f"{self.path}: malformed record ({exc!r})") from exc
+        self._tables = tables
+        self._generation = generation
+        self._schema_version = version
+        self._snapshot_id = snapshot_id
+        self._snapshot_size = snapshot_id[2]
+        self._journal_offset = self._journal_lines = 0
+        self._journal_stale = False
+
+    def _read_journal(self, size: int) -> None:
+        """Apply the complete journal lines between what was read and ``size``."""
+        start = self._journal_offset
+        data = os.pread(self._journal_fd, size - start, start)
+        position = 0
+        while (end := data.find(b"\n", position)) >= 0:
+            number = self._journal_lines + 1
+            try:
+                entry = json.loads(data[position:end])
+            except ValueError as exc:
+                if end + 1 == len(data):
+                    return  # a torn last line: an uncommitted write, skipped
+                raise StoreCorruptError(
+                    f"{self.journal_path}: line {number} is not valid JSON ({exc})"
+                ) from exc
+            self._replay(entry, number)
+            position = end + 1
+            self._journal_offset = start + position
+            self._journal_lines = number
+        # Bytes after the last newline are a torn write; the next writer truncates them.
+
+    def _replay(self, entry: object, number: int) -> None:
+        where = f"{self.journal_path}: line {number}"
+        generation = entry.get("g") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or not isinstance(generation, int):
+            raise StoreCorruptError(f"{where} is not a kavach journal entry")
+        if generation < self._generation:
+            self._journal_stale = True  # already in the snapshot (crash mid-compaction)
+            return
+        if generation > self._generation:
+            raise StoreCorruptError(f"{where} belongs to a snapshot that is not there")
+        try:
+            change = _decode_change(entry)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StoreCorruptError(f"{where}: malformed record ({exc!r})") from exc
+        self._tables.apply(change)
+
+    # -- writing --------------------------------------------------------------------------
+    def _commit(self, change: Change) -> None:
+        """Append ``change`` to the journal, fsync, then apply it (exclusive lock held)."""
+        line = _encode_change(change, self._generation)
+        fd = self._journal_fd
+        try:
+            if self._journal_stale:
+                os.ftruncate(fd, 0)
+                self._journal_offset = self._journal_lines = 0
+                self._journal_stale = False
+            elif self._journal_size != self._journal_offset:
+                os.ftruncate(fd, self._journal_offset)  # drop a torn last line
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(f"short write ({written} of {len(line)} bytes)")
+            os.fdatasync(fd)
+        except OSError as exc:
+            with suppress(OSError):
+                os.ftruncate(fd, self._journal_offset)
+            self._journal_size = self._journal_offset
+            raise StoreError(f"cannot write {self.journal_path}: {exc}") from exc
+        self._tables.apply(change)
+        self._journal_offset += len(line)
+        self._journal_size = self._journal_offset
+        self._journal_lines += 1
+        if self._journal_lines > self._compact_after and self._journal_offset > self._snapshot_size:
+            try:
+                self._compact()
+            except OSError as exc:  # the change is committed; compaction can wait
+                logger.warning("kavach: compacting %s failed: %s", self.path, exc)
+
+    def _compact(self) -> None:
+        self._write_snapshot(generation=self._generation + 1)
+        # From here the journal's lines are in the snapshot: stale until truncated.
+        self._journal_stale = True
+        os.ftruncate(self._journal_fd, 0)
+        os.fsync(self._journal_fd)
+        self._journal_offset = self._journal_lines = self._journal_size = 0
+        self._journal_stale = False
+
+    def _write_snapshot(self, *, generation: int) -> None:
+        temp_path = self.path + ".tmp"
+        data = self._snapshot_bytes(generation)
+        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp_path, self.path)
+        _fsync_directory(self._directory)
+        st = os.stat(self.path)
+        self._snapshot_id = _file_id(st)
+        self._snapshot_size = st.st_size
+        self._generation = generation
+
+    def _snapshot_bytes(self, generation: int) -> bytes:
+        tables = self._tables
+        sections: list[tuple[str, Sequence[Record]]] = [
+            ("users", list(tables.users.values())),
+            ("sessions", list(tables.sessions.values())),
+            ("subscriptions", list(tables.subscriptions.values())),
+            ("events", list(tables.events.values())),
+        ]
+        parts = [
+            f'{{\n"format": "{SNAPSHOT_FORMAT}",\n"schema_version": {SCHEMA_VERSION},\n'
+            f'"generation": {generation}'
+        ]
+        for name, records in sections:
+            rows = ",\n".join(json.dumps(to_json(r), ensure_ascii=False) for r in records)
+            parts.append(f',\n"{name}": [\n{rows}\n]' if rows else f',\n"{name}": []')
+        parts.append("\n}\n")
+        return "".join(parts).encode()
+
+    # -- users --------------------------------------------------------------------------
+    def create_user(self, user: UserRecord) -> UserRecord:
+        """Insert a user; see :meth:`kavach.stores.base.Store.create_user`."""
+        user = utc_record(user)
+        with self._locked(writing=True) as tables:
+            self._commit(tables.plan_create_user(user))
+        return user
+
+    def get_user(self, user_id: str) -> UserRecord | None:
+        """The user with this id, or ``None``."""
+        with self._locked(writing=False) as tables:
+            return tables.users.get(user_id)
+
+    def get_user_by_email(self, email: str) -> UserRecord | None:
+        """Case-insensitive lookup by email."""
+        with self._locked(writing=False) as tables:
+            return tables.user_by_email(email)
+
+    def get_user_by_polar_customer(self, customer_id: str) -> UserRecord | None:
+        """The user linked to this Polar customer id, or ``None``."""
+        with self._locked(writing=False) as tables:
+            return tables.user_by_customer(customer_id)
+
+    def update_user(
+        self,
+        user_id: str,
+        *,
+        email: str | None = None,
+        name: str | None = None,
+        password_hash: str | None = None,
+    ) -> UserRecord:
+        """Change the given fields; see :meth:`kavach.stores.base.Store.update_user`."""
+        with self._locked(writing=True) as tables:
+            change, updated = tables.plan_update_user(
+                user_id, email=email, name=name, password_hash=password_hash
+            )
+            if change is not None:
+                self._commit(change)
+            return updated
+
+    def link_polar_customer(self, user_id: str, customer_id: str) -> UserRecord:
+        """Set the user's Polar customer id; see the protocol for the rules."""
+        with self._locked(writing=True) as tables:
+            change, linked = tables.plan_link_polar_customer(user_id, customer_id)
+            if change is not None:
+                self._commit(change)
+            return linked
+
+    def count_users(self) -> int:
+        """How many users there are."""
+        with self._locked(writing=False) as tables:
+            return len(tables.users)
+
+    # -- sessions -----------------------------------------------------------------------
+    def create_session(self, session: SessionRecord) -> None:
+        """Insert a session; ``ConflictError`` on a duplicate token hash."""
+        session = utc_record(session)
+        with self._locked(writing=True) as tables:
+            self._commit(tables.plan_create_session(session))
+
+    def get_session(self, token_hash: str) -> SessionRecord | None:
+        """The session, expired or revoked ones included."""
+        with self._locked(writing=False) as tables:
+            return tables.sessions.get(token_hash)
+
+    def revoke_session(self, token_hash: str, at: datetime) -> bool:
+        """Mark the session revoked; ``True`` when a live one was revoked."""
+        at = as_utc(at)
+        with self._locked(writing=True) as tables:
+            change = tables.plan_revoke_session(token_hash, at)
+            if change is None:
+                return False
+            self._commit(change)
+            return True
+
+    def delete_expired_sessions(self, now: datetime) -> int:
+        """Remove sessions that expired before ``now``; returns how many."""
+        now = as_utc(now)
+        with self._locked(writing=True) as tables:
+            change = tables.plan_delete_expired_sessions(now)
+            if change.deleted_sessions:
+                self._commit(change)
+            return len(change.deleted_sessions)
+
+    # -- Polar subscriptions ------------------------------------------------------------
+    def apply_subscription(
+        self, state: SubscriptionState, *, webhook_id: str | None = None
+    ) -> bool:
+        """THE conditional write; see :meth:`kavach.stores.base.Store.apply_subscription`."""
+        state = utc_record(state)
+        with self._locked(writing=True) as tables:
+            change = tables.plan_apply_subscription(state, webhook_id)
+            if change is None:
+                return False
+            self._commit(change)
+            return True
+
+    def get_subscription(self, subscription_id: str) -> SubscriptionState | None:
+        """The stored state of one subscription, or ``None``."""
+        with self._locked(writing=False) as tables:
+            return tables.subscriptions.get(subscription_id)
+
+    def list_subscriptions(self, user_id: str) -> list[SubscriptionState]:
+        """The user's subscriptions, most relevant first."""
+        with self._locked(writing=False) as tables:
+            return _rules.by_relevance(tables.subscriptions_of(user_id))
+
+    # -- webhook inbox ------------------------------------------------------------------
+    def record_event(self, event: InboxEvent) -> tuple[InboxEvent, bool]:
+        """Record a delivery; see :meth:`kavach.stores.base.Store.record_event`."""
+        event = utc_record(event)
+        with self._locked(writing=True) as tables:
+            change, stored, is_new = tables.plan_record_event(event)
+            if change is not None:
+                self._commit(change)
+            return stored, is_new
+
+    def finish_event(
+        self,
+        webhook_id: str,
+        *,
+        status: str,
+        at: datetime,
+        outcome: str | None = None,
+        error: str | None = None,
+        user_id: str | None = None,
+        subscription_id: str | None = None,
+    ) -> InboxEvent:
+        """Finish a delivery; see :meth:`kavach.stores.base.Store.finish_event`."""
+        with self._locked(writing=True) as tables:
+            change, done = tables.plan_finish_event(
+                webhook_id,
+                status=status,
+                at=at,
+                outcome=outcome,
+                error=error,
+                user_id=user_id,
+                subscription_id=subscription_id,
+            )
+            self._commit(change)
+            return done
+
+    def get_event(self, webhook_id: str) -> InboxEvent | None:
+        """The inbox event with this webhook id, or ``None``."""
+        with self._locked(writing=False) as tables:
+            return tables.events.get(webhook_id)
+
+    def list_events(
+        self, *, status: str | None = None, limit: int = 100, offset: int = 0
+    ) -> Sequence[InboxEvent]:
+        """Newest first (by ``received_at``, then ``webhook_id``)."""
+        with self._locked(writing=False) as tables:
+            return tables.list_events(status, limit, offset)
+
+    def count_events(self, *, status: str | None = None) -> int:
+        """How many inbox events (with ``status``, when given)."""
+        with self._locked(writing=False) as tables:
+            return tables.count_events(status)

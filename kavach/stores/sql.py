@@ -1,0 +1,1067 @@
+# ruff: noqa: S608  (SQL is assembled from constant table and column names only; every
+# value goes through the driver's placeholders.)
+"""One SQL store for SQLite, PostgreSQL and MySQL/MariaDB, built on Peewee.
+
+Tables (created on first open by versioned, idempotent migrations, see ``MIGRATIONS``):
+
+``kavach_users``
+    ``id``, ``email`` (as given), ``email_normalized`` (UNIQUE, see
+    :func:`~kavach.stores.base.normalize_email`), ``name``, ``password_hash``,
+    ``created_at``, ``polar_customer_id`` (UNIQUE, nullable) and the mirror of the user's
+    most relevant subscription: ``polar_subscription_id``, ``polar_subscription_status``,
+    ``polar_product_id``, ``polar_current_period_end``, ``polar_cancel_at_period_end``,
+    ``polar_subscription_version`` (BIGINT).
+``kavach_sessions``
+    ``token_hash`` (PK), ``user_id``, ``created_at``, ``expires_at``, ``revoked_at``.
+``kavach_polar_subscriptions``
+    every :class:`~kavach.records.SubscriptionState` field; ``id`` PK, ``user_id`` indexed,
+    ``version`` BIGINT (the ordering guard's key).
+``kavach_polar_events``
+    the webhook inbox, every :class:`~kavach.records.InboxEvent` field; ``webhook_id`` PK,
+    ``payload`` TEXT (LONGTEXT on MySQL: bodies go up to 1 MiB).
+``kavach_schema``
+    one row per applied migration: ``version``, ``applied_at``.
+
+**Datetimes** are stored as *naive UTC*, so plain SQL shows readable times:
+``TIMESTAMP`` on PostgreSQL, ``DATETIME(6)`` on MySQL, and on SQLite ``DATETIME``
+columns holding the text ``YYYY-MM-DD HH:MM:SS.ffffff`` (always six fraction digits, so
+text order is time order). They are read back as aware UTC datetimes with microseconds.
+The supported range is MySQL's: years 1000 to 9999. Booleans are ``BOOLEAN`` on
+PostgreSQL and 0/1 integers on SQLite and MySQL.
+
+**SQLite durability.** Connections use WAL mode with ``synchronous=FULL`` and a 5 s
+``busy_timeout``. In WAL mode, ``FULL`` fsyncs the log at every commit, so once a write
+method returns, its transaction survives a power cut. ``NORMAL`` would skip that fsync:
+still never corrupt, but a power loss could roll back the last few commits — including a
+webhook kavach already acknowledged to Polar, which Polar would then never redeliver. The
+fsync costs throughput (see ``bench/stores.py``), and kavach pays it. Write transactions
+start with ``BEGIN IMMEDIATE``, so writers queue on the busy timeout instead of failing
+on a lock upgrade; other processes may use the same file.
+
+**Hot paths** (``get_user``, ``get_session``, ``apply_subscription``, ``record_event``,
+``finish_event`` — in fact every method) run hand-written SQL through the Peewee
+database (``database.execute_sql``): building a Peewee query costs ~100 µs, the prepared
+statement ~5 µs. Peewee is used for connections, transactions and the schema (models
+bound to this store's own database; there is no global ``db``).
+
+**The conditional write** (``apply_subscription``) is one transaction: lock the user
+row (``SELECT ... FOR UPDATE``; on SQLite ``BEGIN IMMEDIATE`` already serializes
+writers), read the stored version of the subscription with a locking read, insert it if
+absent (``INSERT ... ON CONFLICT DO NOTHING`` / MySQL ``ON DUPLICATE KEY UPDATE id = id``)
+or update it only when strictly newer, then recompute the user's mirror columns from all
+their subscriptions and mark the inbox event ``applied``. Connections run at READ
+COMMITTED (set per connection on PostgreSQL and MySQL), so reads after a lock see the
+latest committed rows. It holds with several processes on one database. A transaction
+that hits a deadlock or serialization failure is retried (up to 3 times).
+
+Connections are per thread (Peewee's default), opened lazily. An in-memory SQLite
+database (``sqlite://:memory:``) has a single connection shared by all threads, with
+calls serialized by a lock. Open stores after forking worker processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from datetime import UTC, datetime
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import attrs
+import peewee
+
+from kavach.errors import (
+    ConfigurationError,
+    ConflictError,
+    EmailTakenError,
+    NotFoundError,
+    StoreError,
+    UserNotFoundError,
+)
+from kavach.records import InboxEvent, SessionRecord, SubscriptionState, UserRecord
+from kavach.stores import _rules
+from kavach.stores._codec import (
+    BOOL_FIELDS,
+    DATETIME_FIELDS,
+    FIELD_NAMES,
+    as_utc,
+    utc_record,
+)
+from kavach.stores.base import SCHEMA_VERSION, normalize_email
+
+Dialect = Literal["sqlite", "postgres", "mysql"]
+
+USERS = "kavach_users"
+SESSIONS = "kavach_sessions"
+SUBSCRIPTIONS = "kavach_polar_subscriptions"
+EVENTS = "kavach_polar_events"
+SCHEMA = "kavach_schema"
+
+#: SQLite pragmas run on every connection the store uses.
+SQLITE_PRAGMAS = (
+    ("busy_timeout", "5000"),
+    ("journal_mode", "WAL"),
+    ("synchronous", "FULL"),
+)
+#: How long (seconds) to keep trying to switch a new SQLite file to WAL.
+WAL_SWITCH_TIMEOUT = 5.0
+#: How often a transaction that deadlocked is tried in all.
+_ATTEMPTS = 3
+_PG_RETRY_CODES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
+_MYSQL_DEADLOCK = 1213
+#: Driver packages whose exceptions are database errors (Peewee wraps most, not all).
+_DRIVER_MODULES = frozenset({"sqlite3", "psycopg2", "psycopg", "pymysql", "MySQLdb"})
+
+R = TypeVar("R", UserRecord, SessionRecord, SubscriptionState, InboxEvent)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+# -- values in and out of SQL ----------------------------------------------------------
+
+
+def _sqlite_datetime_in(value: datetime) -> str:
+    return as_utc(value).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def _sqlite_datetime_out(value: str) -> datetime:
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _naive_utc_in(value: datetime) -> datetime:
+    return as_utc(value).replace(tzinfo=None)
+
+
+def _naive_utc_out(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC)
+
+
+class _RowCodec(Generic[R]):
+    """Record <-> row of its table's columns (same names and order as the attrs fields)."""
+
+    def __init__(self, cls: type[R], dialect: Dialect) -> None:
+        self.cls: type[R] = cls
+        self.columns = FIELD_NAMES[cls]
+        datetimes, bools = DATETIME_FIELDS[cls], BOOL_FIELDS[cls]
+        dt_in: Callable[[datetime], Any] = (
+            _sqlite_datetime_in if dialect == "sqlite" else _naive_utc_in
+        )
+        dt_out: Callable[[Any], datetime] = (
+            _sqlite_datetime_out if dialect == "sqlite" else _naive_utc_out
+        )
+        self.encoders: dict[str, Callable[[Any], Any] | None] = {
+            name: dt_in if name in datetimes else None for name in self.columns
+        }
+        # Only the columns that need converting, as (position, converter): rows are
+        # decoded on every read, so skip the columns that come back as they are.
+        self._decoders: tuple[tuple[int, Callable[[Any], Any]], ...] = tuple(
+            (i, dt_out if name in datetimes else bool)
+            for i, name in enumerate(self.columns)
+            if name in datetimes or name in bools
+        )
+
+    def decode(self, row: Sequence[Any]) -> R:
+        """The record a ``SELECT`` of :attr:`columns` returned."""
+        values = list(row)
+        for i, convert in self._decoders:
+            if values[i] is not None:
+                values[i] = convert(values[i])
+        record: R = self.cls(*values)
+        return record
+
+    def value(self, name: str, value: Any) -> Any:
+        """One field's value as a query parameter."""
+        encoder = self.encoders[name]
+        return value if encoder is None or value is None else encoder(value)
+
+    def encode(self, record: R, names: Sequence[str] | None = None) -> list[Any]:
+        """Query parameters for ``names`` (default: all :attr:`columns`) of ``record``."""
+        return [self.value(name, getattr(record, name)) for name in names or self.columns]
+
+
+# -- SQL --------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Statements:
+    """Every statement the store runs, written once per dialect."""
+
+    lock_suffix: str
+    select_user: str
+    lock_user: str
+    lock_user_id: str
+    select_user_by_email: str
+    select_user_by_customer: str
+    insert_user: str
+    user_id_taken: str
+    email_taken: str
+    customer_taken: str
+    update_user_profile: str
+    update_user_customer: str
+    update_user_mirror: str
+    count_users: str
+    insert_session: str
+    select_session: str
+    revoke_session: str
+    delete_expired_sessions: str
+    select_subscription: str
+    lock_subscription_head: str
+    insert_subscription: str
+    update_subscription: str
+    select_user_subscriptions: str
+    mark_event_applied: str
+    insert_event: str
+    select_event: str
+    lock_event: str
+    update_event: str
+    list_events: str
+    list_events_by_status: str
+    count_events: str
+    count_events_by_status: str
+    schema_version: str
+
+
+_SUBSCRIPTION_UPDATE_COLUMNS = tuple(c for c in FIELD_NAMES[SubscriptionState] if c != "id")
+_EVENT_UPDATE_COLUMNS = (
+    "status",
+    "outcome",
+    "attempts",
+    "processed_at",
+    "last_error",
+    "user_id",
+    "subscription_id",
+)
+
+
+def _statements(dialect: Dialect, p: str) -> _Statements:
+    """The SQL for ``dialect``; ``p`` is the driver's placeholder (``?`` or ``%s``)."""
+
+    def cols(names: Sequence[str]) -> str:
+        return ", ".join(names)
+
+    def marks(n: int) -> str:
+        return ", ".join([p] * n)
+
+    def assign(names: Sequence[str]) -> str:
+        return ", ".join(f"{name} = {p}" for name in names)
+
+    def insert_if_absent(table: str, names: Sequence[str], key: str) -> str:
+        insert = f"INSERT INTO {table} ({cols(names)}) VALUES ({marks(len(names))})"
+        if dialect == "mysql":
+            return f"{insert} ON DUPLICATE KEY UPDATE {key} = {key}"
+        return f"{insert} ON CONFLICT ({key}) DO NOTHING"
+
+    lock = "" if dialect == "sqlite" else " FOR UPDATE"
+    # Order ids by code point everywhere (PostgreSQL's default collation is locale-aware).
+    by_id = 'webhook_id COLLATE "C"' if dialect == "postgres" else "webhook_id"
+    user_cols = FIELD_NAMES[UserRecord]
+    session_cols = FIELD_NAMES[SessionRecord]
+    sub_cols = FIELD_NAMES[SubscriptionState]
+    event_cols = FIELD_NAMES[InboxEvent]
+    select_users = f"SELECT {cols(user_cols)} FROM {USERS}"
+    select_events = f"SELECT {cols(event_cols)} FROM {EVENTS}"
+    newest_first = f"ORDER BY received_at DESC, {by_id} DESC LIMIT {p} OFFSET {p}"
+    return _Statements(
+        lock_suffix=lock,
+        select_user=f"{select_users} WHERE id = {p}",
+        lock_user=f"{select_users} WHERE id = {p}{lock}",
+        lock_user_id=f"SELECT id FROM {USERS} WHERE id = {p}{lock}",
+        select_user_by_email=f"{select_users} WHERE email_normalized = {p}",
+        select_user_by_customer=f"{select_users} WHERE polar_customer_id = {p}",
+        insert_user=(
+            f"INSERT INTO {USERS} ({cols(user_cols)}, email_normalized) "
+            f"VALUES ({marks(len(user_cols) + 1)})"
+        ),
+        user_id_taken=f"SELECT 1 FROM {USERS} WHERE id = {p}",
+        email_taken=f"SELECT 1 FROM {USERS} WHERE email_normalized = {p}",
+        customer_taken=f"SELECT 1 FROM {USERS} WHERE polar_customer_id = {p}",
+        update_user_profile=(
+            f"UPDATE {USERS} SET "
+            f"{assign(('email', 'email_normalized', 'name', 'password_hash'))} WHERE id = {p}"
+        ),
+        update_user_customer=f"UPDATE {USERS} SET polar_customer_id = {p} WHERE id = {p}",
+        update_user_mirror=f"UPDATE {USERS} SET {assign(_rules.MIRROR_FIELDS)} WHERE id = {p}",
+        count_users=f"SELECT COUNT(*) FROM {USERS}",
+        insert_session=(
+            f"INSERT INTO {SESSIONS} ({cols(session_cols)}) VALUES ({marks(len(session_cols))})"
+        ),
+        select_session=f"SELECT {cols(session_cols)} FROM {SESSIONS} WHERE token_hash = {p}",
+        revoke_session=(
+            f"UPDATE {SESSIONS} SET revoked_at = {p} WHERE token_hash = {p} AND revoked_at IS NULL"
+        ),
+        delete_expired_sessions=f"DELETE FROM {SESSIONS} WHERE expires_at < {p}",
+        select_subscription=f"SELECT {cols(sub_cols)} FROM {SUBSCRIPTIONS} WHERE id = {p}",
+        lock_subscription_head=(
+            f"SELECT user_id, version FROM {SUBSCRIPTIONS} WHERE id = {p}{lock}"
+        ),
+        insert_subscription=insert_if_absent(SUBSCRIPTIONS, sub_cols, "id"),
+        update_subscription=(
+            f"UPDATE {SUBSCRIPTIONS} SET {assign(_SUBSCRIPTION_UPDATE_COLUMNS)} WHERE id = {p}"
+        ),
+        select_user_subscriptions=(
+            f"SELECT {cols(sub_cols)} FROM {SUBSCRIPTIONS} WHERE user_id = {p}"
+        ),
+        mark_event_applied=(
+            f"UPDATE {EVENTS} SET outcome = {p}, user_id = {p}, subscription_id = {p} "
+            f"WHERE webhook_id = {p}"
+        ),
+        insert_event=insert_if_absent(EVENTS, event_cols, "webhook_id"),
+        select_event=f"{select_events} WHERE webhook_id = {p}",
+        lock_event=f"{select_events} WHERE webhook_id = {p}{lock}",
+        update_event=f"UPDATE {EVENTS} SET {assign(_EVENT_UPDATE_COLUMNS)} WHERE webhook_id = {p}",
+        list_events=f"{select_events} {newest_first}",
+        list_events_by_status=f"{select_events} WHERE status = {p} {newest_first}",
+        count_events=f"SELECT COUNT(*) FROM {EVENTS}",
+        count_events_by_status=f"SELECT COUNT(*) FROM {EVENTS} WHERE status = {p}",
+        schema_version=f"SELECT MAX(version) FROM {SCHEMA}",
+    )
+
+
+# -- schema -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Models:
+    """The Peewee models of one store, bound to its database; used for DDL only."""
+
+    schema: Any
+    users: Any
+    sessions: Any
+    subscriptions: Any
+    events: Any
+
+
+def _define_models(db: peewee.Database, dialect: Dialect, table_settings: list[str]) -> _Models:
+    """Model classes bound to ``db``, with the column types ``dialect`` needs."""
+    timestamp_type = {"sqlite": "DATETIME", "postgres": "TIMESTAMP", "mysql": "DATETIME(6)"}
+    long_text_type = "LONGTEXT" if dialect == "mysql" else "TEXT"
+
+    class UtcDateTimeField(peewee.Field):
+        """Naive UTC; the store converts values itself."""
+
+        field_type = timestamp_type[dialect]
+
+    class LongTextField(peewee.Field):
+        """Up to 1 MiB of text (MySQL's TEXT stops at 64 KiB)."""
+
+        field_type = long_text_type
+
+    def text_id(**kwargs: Any) -> peewee.CharField:
+        return peewee.CharField(max_length=255, **kwargs)
+
+    settings = table_settings or None
+
+    class Base(peewee.Model):
+        class Meta:
+            database = db
+            legacy_table_names = False
+            table_settings = settings
+
+    class SchemaVersion(Base):
+        version = peewee.IntegerField(primary_key=True)
+        applied_at = UtcDateTimeField()
+
+        class Meta:
+            table_name = SCHEMA
+
+    class User(Base):
+        id = text_id(primary_key=True)
+        email = text_id()
+        email_normalized = text_id(unique=True)
+        name = peewee.TextField(null=True)
+        password_hash = peewee.TextField(null=True)
+        created_at = UtcDateTimeField()
+        polar_customer_id = text_id(null=True, unique=True)
+        polar_subscription_id = text_id(null=True)
+        polar_subscription_status = text_id(null=True)
+        polar_product_id = text_id(null=True)
+        polar_current_period_end = UtcDateTimeField(null=True)
+        polar_cancel_at_period_end = peewee.BooleanField(null=True)
+        polar_subscription_version = peewee.BigIntegerField(null=True)
+
+        class Meta:
+            table_name = USERS
+
+    class Session(Base):
+        token_hash = text_id(primary_key=True)
+        user_id = text_id(index=True)
+        created_at = UtcDateTimeField()
+        expires_at = UtcDateTimeField(index=True)
+        revoked_at = UtcDateTimeField(null=True)
+
+        class Meta:
+            table_name = SESSIONS
+
+    class Subscription(Base):
+        id = text_id(primary_key=True)
+        user_id = text_id(index=True)
+        status = text_id()
+        product_id = text_id(null=True)
+        current_period_end = UtcDateTimeField(null=True)
+        cancel_at_period_end = peewee.BooleanField()
+        version = peewee.BigIntegerField()
+        customer_id = text_id(null=True)
+        created_at = UtcDateTimeField(null=True)
+        started_at = UtcDateTimeField(null=True)
+        current_period_start = UtcDateTimeField(null=True)
+        trial_end = UtcDateTimeField(null=True)
+        canceled_at = UtcDateTimeField(null=True)
+        ends_at = UtcDateTimeField(null=True)
+        ended_at = UtcDateTimeField(null=True)
+        past_due_at = UtcDateTimeField(null=True)
+        checkout_id = text_id(null=True)
+        amount = peewee.BigIntegerField(null=True)
+        currency = text_id(null=True)
+        recurring_interval = text_id(null=True)
+
+        class Meta:
+            table_name = SUBSCRIPTIONS
+
+    class Event(Base):
+        webhook_id = text_id(primary_key=True)
+        event_type = text_id()
+        received_at = UtcDateTimeField(index=True)
+        payload = LongTextField()
+        status = text_id(index=True)
+        outcome = text_id(null=True)
+        attempts = peewee.IntegerField()
+        processed_at = UtcDateTimeField(null=True)
+        last_error = LongTextField(null=True)
+        user_id = text_id(null=True)
+        subscription_id = text_id(null=True)
+
+        class Meta:
+            table_name = EVENTS
+
+    return _Models(
+        schema=SchemaVersion, users=User, sessions=Session, subscriptions=Subscription, events=Event
+    )
+
+
+def _ensure_tables(db: Any, models: Sequence[Any]) -> None:
+    """Create the missing tables and indexes of ``models``; safe to run again after a crash
+    half-way (MySQL DDL is not transactional, and it has no ``CREATE INDEX IF NOT EXISTS``)."""
+    tables = set(db.get_tables())
+    for model in models:
+        name = model._meta.table_name
+        if name not in tables:
+            model._schema.create_table(safe=True)
+        present = {index.name for index in db.get_indexes(name)}
+        for index in model._meta.fields_to_index():
+            if index._name not in present:
+                db.execute(model._schema._create_index(index, safe=False))
+
+
+def _migrate_to_v1(db: Any, models: _Models) -> None:
+    """Version 1: users, sessions, subscriptions and the webhook inbox."""
+    _ensure_tables(db, [models.users, models.sessions, models.subscriptions, models.events])
+
+
+#: Schema migrations, in order: (version it brings the schema to, step). Each step is
+#: idempotent. Add a step (and bump ``SCHEMA_VERSION``) for every schema change.
+MIGRATIONS: tuple[tuple[int, Callable[[Any, _Models], None]], ...] = ((1, _migrate_to_v1),)
+
+
+# -- the store --------------------------------------------------------------------------
+
+
+_Method = Callable[Concatenate["SqlStore", P], T]
+
+
+def _guarded(method: _Method[P, T]) -> _Method[P, T]:
+    """Run a store method on a ready connection; retry deadlocks; database errors ->
+    ``StoreError`` (kavach's own errors pass through)."""
+
+    def guarded(self: SqlStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._serial:
+            for attempt in range(1, _ATTEMPTS + 1):
+                try:
+                    self._ready()
+                    return method(self, *args, **kwargs)
+                except Exception as exc:
+                    if not _is_database_error(exc):
+                        raise
+                    self._recover()
+                    if attempt < _ATTEMPTS and _is_retryable(exc) and not self._db.in_transaction():
+                        continue
+                    raise StoreError(f"{self.kind} store: {_driver_error(exc)}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    functools.update_wrapper(guarded, method)
+    return guarded
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's exception inside a Peewee one (Peewee passes it as the first arg)."""
+    if isinstance(exc, peewee.PeeweeException) and exc.args and isinstance(exc.args[0], Exception):
+        return exc.args[0]
+    return exc
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    if isinstance(exc, peewee.PeeweeException):
+        return True
+    return type(exc).__module__.partition(".")[0] in _DRIVER_MODULES
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    """A deadlock or serialization failure: the transaction was rolled back, run it again."""
+    error = _driver_error(exc)
+    if getattr(error, "pgcode", None) in _PG_RETRY_CODES:
+        return True
+    args = getattr(error, "args", ())
+    return type(error).__module__.startswith(("pymysql", "MySQLdb")) and bool(
+        args and args[0] == _MYSQL_DEADLOCK
+    )
+
+
+class _WeakrefableSqliteConnection(sqlite3.Connection):
+    """A ``sqlite3.Connection`` the store can keep a weak reference to (to close it)."""
+
+
+class SqlStore:
+    """A :class:`~kavach.stores.base.Store` on SQLite, PostgreSQL or MySQL/MariaDB.
+
+    ``SqlStore(database)`` takes a Peewee database (``SqliteDatabase``,
+    ``PostgresqlDatabase``, ``MySQLDatabase`` or a subclass) and owns it from then on:
+    the store sets its connections up (pragmas, isolation level), runs migrations on
+    open and closes the connections in :meth:`close`. :meth:`from_url` builds one from
+    a URL. ``kind`` is ``"sqlite"``, ``"postgres"`` or ``"mysql"``.
+    """
+
+    def __init__(self, database: peewee.Database) -> None:
+        self._dialect = _dialect_of(database)
+        self.kind: str = self._dialect
+        self._db: Any = database  # Peewee's stubs leave most methods untyped.
+        self._sql = _statements(self._dialect, database.param)
+        self._users = _RowCodec(UserRecord, self._dialect)
+        self._sessions = _RowCodec(SessionRecord, self._dialect)
+        self._subscriptions = _RowCodec(SubscriptionState, self._dialect)
+        self._events = _RowCodec(InboxEvent, self._dialect)
+        self._begin = {"lock_type": "IMMEDIATE"} if self._dialect == "sqlite" else {}
+        # One connection shared by all threads (in-memory SQLite): serialize the calls.
+        self._serial: AbstractContextManager[Any] = (
+            nullcontext() if database.thread_safe else threading.RLock()
+        )
+        self._local = threading.local()  # the connection this thread last set up
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()  # to close them all
+        self._connections_lock = threading.Lock()
+        self._closed = False
+        self._migrate()
+
+    @classmethod
+    def from_url(cls, url: str) -> SqlStore:
+        """Open ``sqlite:///relative.db``, ``sqlite:////abs.db``, ``sqlite://:memory:``,
+        ``postgresql://user:pw@host:5432/db`` (or ``postgres://``) or
+        ``mysql://user:pw@host:3306/db``. Query parameters are passed to the driver
+        (``?sslmode=require``, ``?options=-csearch_path%3Dapp``). Error messages never
+        show the password."""
+        database = _database_from_url(url)
+        try:
+            return cls(database)
+        except StoreError as exc:
+            raise StoreError(f"cannot open {_redacted(url)}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"SqlStore(kind={self.kind!r}, database={self._db.database!r})"
+
+    # -- connections and transactions ----------------------------------------------------
+    def _ready(self) -> None:
+        """Make sure this thread has an open, set-up connection."""
+        if self._closed:
+            raise StoreError(f"the {self.kind} store is closed")
+        connection = self._db.connection()
+        if getattr(self._local, "connection", None) is not connection:
+            self._set_up(connection)
+            self._local.connection = connection
+
+    def _set_up(self, connection: Any) -> None:
+        """Per-connection settings, run once on each new connection."""
+        if self.kind == "sqlite":
+            for name, value in SQLITE_PRAGMAS:
+                if name == "journal_mode":
+                    self._enable_wal()
+                else:
+                    self._db.execute_sql(f"PRAGMA {name} = {value}")
+        elif self.kind == "postgres":
+            self._db.execute_sql(
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED"
+            )
+        else:
+            self._db.execute_sql("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        with self._connections_lock, suppress(TypeError):  # plain sqlite3.Connection: no weakref
+            self._connections.add(connection)
+
+    def _enable_wal(self) -> None:
+        """Switch a SQLite database to WAL. Switching needs an exclusive lock, and SQLite
+        answers "database is locked" at once, without waiting on the busy timeout, while
+        another process has the file open in the middle of its own first open; so retry
+        for up to the busy timeout."""
+        deadline = time.monotonic() + WAL_SWITCH_TIMEOUT
+        while True:
+            try:
+                self._db.execute_sql("PRAGMA journal_mode = WAL")
+                return
+            except peewee.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _recover(self) -> None:
+        """After a database error: drop this thread's connection if it is broken."""
+        with suppress(Exception):
+            if not self._db.in_transaction() and not self._db.is_connection_usable():
+                self._db.close()
+
+    def _transaction(self) -> Any:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+        return self._db.atomic(**self._begin)
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._db.execute_sql(sql, params)
+
+    def _one(self, sql: str, params: Sequence[Any]) -> Sequence[Any] | None:
+        row: Sequence[Any] | None = self._run(sql, params).fetchone()
+        return row
+
+    def _count(self, sql: str, params: Sequence[Any] = ()) -> int:
+        row = self._one(sql, params)
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def _migrate(self) -> None:
+        """Bring the schema to ``SCHEMA_VERSION``; concurrent openers wait for each other."""
+        with self._serial:
+            try:
+                self._ready()
+                if self._stored_version() != SCHEMA_VERSION:
+                    with self._migration_lock():
+                        self._run_migrations()
+            except Exception as exc:
+                if not _is_database_error(exc):
+                    raise
+                raise StoreError(f"{self.kind} store: {_driver_error(exc)}") from exc
+
+    def _stored_version(self) -> int:
+        """The version in ``kavach_schema`` (0 when the table does not exist)."""
+        if SCHEMA not in self._db.get_tables():
+            return 0
+        version = self._count(self._sql.schema_version)
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the database has schema version {version}, newer than this kavach "
+                f"supports ({SCHEMA_VERSION}); upgrade kavach"
+            )
+        return version
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """Serialize migrations across processes."""
+        if self.kind == "mysql":  # DDL commits implicitly: use a named server lock
+            name = "kavach_migrate"
+            acquired = self._one("SELECT GET_LOCK(CONCAT(%s, DATABASE()), 60)", (name,))
+            if not acquired or acquired[0] != 1:
+                raise StoreError("timed out waiting for another process's migration")
+            try:
+                yield
+            finally:
+                self._run("SELECT RELEASE_LOCK(CONCAT(%s, DATABASE()))", (name,))
+        else:
+            with self._transaction():
+                if self.kind == "postgres":  # DDL is transactional; SQLite's BEGIN IMMEDIATE locks
+                    self._run("SELECT pg_advisory_xact_lock(%s)", (0x6B61766163680001,))
+                yield
+
+    def _run_migrations(self) -> None:
+        models = _define_models(self._db, self._dialect, self._table_settings())
+        _ensure_tables(self._db, [models.schema])
+        current = self._stored_version()
+        for version, step in MIGRATIONS:
+            if version > current:
+                step(self._db, models)
+                self._run(
+                    f"INSERT INTO {SCHEMA} (version, applied_at) VALUES ({self._db.param}, "
+                    f"{self._db.param})",
+                    (version, self._users.value("created_at", datetime.now(UTC))),
+                )
+
+    def _table_settings(self) -> list[str]:
+        """MySQL: utf8mb4 with a binary, no-pad collation, so ids compare exactly as in
+        Python (the server default is case-insensitive and ignores trailing spaces)."""
+        if self.kind != "mysql":
+            return []
+        row = self._one("SELECT VERSION()", ())
+        version = str(row[0]).lower() if row else ""
+        if "mariadb" in version:
+            collation = "utf8mb4_nopad_bin"
+        elif version[:1].isdigit() and int(version.split(".")[0]) >= 8:
+            collation = "utf8mb4_0900_bin"
+        else:
+            collation = "utf8mb4_bin"
+        return ["ENGINE=InnoDB", "DEFAULT CHARSET=utf8mb4", f"COLLATE={collation}"]
+
+    @_guarded
+    def schema_version(self) -> int:
+        """The schema version recorded in ``kavach_schema``."""
+        return self._count(self._sql.schema_version)
+
+    def close(self) -> None:
+        """Close every connection the store opened (all threads). Idempotent."""
+        with self._serial:
+            if self._closed:
+                return
+            self._closed = True
+            with self._connections_lock:
+                connections = list(self._connections)
+            for connection in connections:
+                with suppress(Exception):
+                    connection.close()
+            with suppress(Exception):
+                self._db.close()
+
+    # -- users --------------------------------------------------------------------------
+    @_guarded
+    def create_user(self, user: UserRecord) -> UserRecord:
+        """Insert a user; see :meth:`kavach.stores.base.Store.create_user`."""
+        user = utc_record(user)
+        try:
+            self._run(
+                self._sql.insert_user, [*self._users.encode(user), normalize_email(user.email)]
+            )
+        except peewee.IntegrityError as exc:
+            raise self._user_conflict(user) from exc
+        return user
+
+    def _user_conflict(self, user: UserRecord) -> Exception:
+        """Which unique rule refused ``user`` (checked in the memory store's order)."""
+        if self._one(self._sql.user_id_taken, (user.id,)):
+            return ConflictError(f"a user with id {user.id!r} already exists", field="id")
+        if self._one(self._sql.email_taken, (normalize_email(user.email),)):
+            return EmailTakenError(user.email)
+        if user.polar_customer_id is not None and self._one(
+            self._sql.customer_taken, (user.polar_customer_id,)
+        ):
+            return ConflictError(
+                f"Polar customer {user.polar_customer_id!r} is linked to another user",
+                field="polar_customer_id",
+            )
+        return StoreError(f"could not insert user {user.id!r}")
+
+    @_guarded
+    def get_user(self, user_id: str) -> UserRecord | None:
+        """The user with this id, or ``None``."""
+        row = self._one(self._sql.select_user, (user_id,))
+        return None if row is None else self._users.decode(row)
+
+    @_guarded
+    def get_user_by_email(self, email: str) -> UserRecord | None:
+        """Case-insensitive lookup by email."""
+        row = self._one(self._sql.select_user_by_email, (normalize_email(email),))
+        return None if row is None else self._users.decode(row)
+
+    @_guarded
+    def get_user_by_polar_customer(self, customer_id: str) -> UserRecord | None:
+        """The user linked to this Polar customer id, or ``None``."""
+        row = self._one(self._sql.select_user_by_customer, (customer_id,))
+        return None if row is None else self._users.decode(row)
+
+    @_guarded
+    def update_user(
+        self,
+        user_id: str,
+        *,
+        email: str | None = None,
+        name: str | None = None,
+        password_hash: str | None = None,
+    ) -> UserRecord:
+        """Change the given fields; see :meth:`kavach.stores.base.Store.update_user`."""
+        try:
+            with self._transaction():
+                row = self._one(self._sql.lock_user, (user_id,))
+                if row is None:
+                    raise UserNotFoundError(user_id)
+                user = self._users.decode(row)
+                updated = attrs.evolve(
+                    user,
+                    email=user.email if email is None else email,
+                    name=user.name if name is None else name,
+                    password_hash=user.password_hash if password_hash is None else password_hash,
+                )
+                if updated != user:
+                    self._run(
+                        self._sql.update_user_profile,
+                        (
+                            updated.email,
+                            normalize_email(updated.email),
+                            updated.name,
+                            updated.password_hash,
+                            user_id,
+                        ),
+                    )
+        except peewee.IntegrityError as exc:
+            raise EmailTakenError(email or "") from exc
+        return updated
+
+    @_guarded
+    def link_polar_customer(self, user_id: str, customer_id: str) -> UserRecord:
+        """Set the user's Polar customer id; see the protocol for the rules."""
+        try:
+            with self._transaction():
+                row = self._one(self._sql.lock_user, (user_id,))
+                if row is None:
+                    raise UserNotFoundError(user_id)
+                user = self._users.decode(row)
+                if user.polar_customer_id == customer_id:
+                    return user
+                self._run(self._sql.update_user_customer, (customer_id, user_id))
+        except peewee.IntegrityError as exc:
+            raise ConflictError(
+                f"Polar customer {customer_id!r} is linked to another user",
+                field="polar_customer_id",
+            ) from exc
+        return attrs.evolve(user, polar_customer_id=customer_id)
+
+    @_guarded
+    def count_users(self) -> int:
+        """How many users there are."""
+        return self._count(self._sql.count_users)
+
+    # -- sessions -----------------------------------------------------------------------
+    @_guarded
+    def create_session(self, session: SessionRecord) -> None:
+        """Insert a session; ``ConflictError`` on a duplicate token hash."""
+        try:
+            self._run(self._sql.insert_session, self._sessions.encode(utc_record(session)))
+        except peewee.IntegrityError as exc:
+            raise ConflictError(
+                "a session with this token hash already exists", field="token_hash"
+            ) from exc
+
+    @_guarded
+    def get_session(self, token_hash: str) -> SessionRecord | None:
+        """The session, expired or revoked ones included."""
+        row = self._one(self._sql.select_session, (token_hash,))
+        return None if row is None else self._sessions.decode(row)
+
+    @_guarded
+    def revoke_session(self, token_hash: str, at: datetime) -> bool:
+        """Mark the session revoked; ``True`` when a live one was revoked."""
+        revoked_at = self._sessions.value("revoked_at", as_utc(at))
+        cursor = self._run(self._sql.revoke_session, (revoked_at, token_hash))
+        return bool(cursor.rowcount == 1)
+
+    @_guarded
+    def delete_expired_sessions(self, now: datetime) -> int:
+        """Remove sessions that expired before ``now``; returns how many."""
+        cutoff = self._sessions.value("expires_at", as_utc(now))
+        return int(self._run(self._sql.delete_expired_sessions, (cutoff,)).rowcount)
+
+    # -- Polar subscriptions ------------------------------------------------------------
+    @_guarded
+    def apply_subscription(
+        self, state: SubscriptionState, *, webhook_id: str | None = None
+    ) -> bool:
+        """THE conditional write; see :meth:`kavach.stores.base.Store.apply_subscription`
+        and the module docstring for how it locks."""
+        state = utc_record(state)
+        sql = self._sql
+        with self._transaction():
+            if self._one(sql.lock_user_id, (state.user_id,)) is None:
+                raise UserNotFoundError(state.user_id)
+            head = self._one(sql.lock_subscription_head, (state.id,))
+            if head is None:
+                inserted = self._run(sql.insert_subscription, self._subscriptions.encode(state))
+                if inserted.rowcount != 1:  # another transaction inserted it just now
+                    head = self._one(sql.lock_subscription_head, (state.id,))
+                    if head is None:
+                        raise StoreError(f"subscription {state.id!r} vanished mid-write")
+            previous_user = None
+            if head is not None:
+                previous_user, stored_version = head
+                if stored_version >= state.version:
+                    return False
+                if previous_user != state.user_id:  # it moved: lock its previous holder too
+                    self._one(sql.lock_user_id, (previous_user,))
+                params = self._subscriptions.encode(state, _SUBSCRIPTION_UPDATE_COLUMNS)
+                self._run(sql.update_subscription, [*params, state.id])
+            self._write_mirror(state.user_id)
+            if previous_user is not None and previous_user != state.user_id:
+                self._write_mirror(previous_user)
+            if webhook_id is not None:
+                self._run(sql.mark_event_applied, ("applied", state.user_id, state.id, webhook_id))
+        return True
+
+    def _write_mirror(self, user_id: str) -> None:
+        """Recompute ``user_id``'s mirror columns (inside the write transaction)."""
+        rows = self._run(self._sql.select_user_subscriptions, (user_id,)).fetchall()
+        mirror = _rules.mirror_values([self._subscriptions.decode(row) for row in rows])
+        params = [self._users.value(name, mirror[name]) for name in _rules.MIRROR_FIELDS]
+        self._run(self._sql.update_user_mirror, [*params, user_id])
+
+    @_guarded
+    def get_subscription(self, subscription_id: str) -> SubscriptionState | None:
+        """The stored state of one subscription, or ``None``."""
+        row = self._one(self._sql.select_subscription, (subscription_id,))
+        return None if row is None else self._subscriptions.decode(row)
+
+    @_guarded
+    def list_subscriptions(self, user_id: str) -> list[SubscriptionState]:
+        """The user's subscriptions, most relevant first."""
+        rows = self._run(self._sql.select_user_subscriptions, (user_id,)).fetchall()
+        return _rules.by_relevance([self._subscriptions.decode(row) for row in rows])
+
+    # -- webhook inbox ------------------------------------------------------------------
+    @_guarded
+    def record_event(self, event: InboxEvent) -> tuple[InboxEvent, bool]:
+        """Record a delivery; see :meth:`kavach.stores.base.Store.record_event`."""
+        event = utc_record(event)
+        with self._transaction():
+            if self._run(self._sql.insert_event, self._events.encode(event)).rowcount == 1:
+                return event, True
+            row = self._one(self._sql.lock_event, (event.webhook_id,))
+            if row is None:
+                raise StoreError(f"webhook event {event.webhook_id!r} vanished mid-write")
+            stored = self._events.decode(row)
+            again = _rules.redelivered(stored)
+            if again is None:
+                return stored, False
+            self._write_event(again)
+            return again, False
+
+    def _write_event(self, event: InboxEvent) -> None:
+        params = self._events.encode(event, _EVENT_UPDATE_COLUMNS)
+        self._run(self._sql.update_event, [*params, event.webhook_id])
+
+    @_guarded
+    def finish_event(
+        self,
+        webhook_id: str,
+        *,
+        status: str,
+        at: datetime,
+        outcome: str | None = None,
+        error: str | None = None,
+        user_id: str | None = None,
+        subscription_id: str | None = None,
+    ) -> InboxEvent:
+        """Finish a delivery; see :meth:`kavach.stores.base.Store.finish_event`."""
+        with self._transaction():
+            row = self._one(self._sql.lock_event, (webhook_id,))
+            if row is None:
+                raise NotFoundError(f"no webhook event with id {webhook_id!r}")
+            done = _rules.finished(
+                self._events.decode(row),
+                status=status,
+                at=at,
+                outcome=outcome,
+                error=error,
+                user_id=user_id,
+                subscription_id=subscription_id,
+            )
+            self._write_event(done)
+        return done
+
+    @_guarded
+    def get_event(self, webhook_id: str) -> InboxEvent | None:
+        """The inbox event with this webhook id, or ``None``."""
+        row = self._one(self._sql.select_event, (webhook_id,))
+        return None if row is None else self._events.decode(row)
+
+    @_guarded
+    def list_events(
+        self, *, status: str | None = None, limit: int = 100, offset: int = 0
+    ) -> Sequence[InboxEvent]:
+        """Newest first (by ``received_at``, then ``webhook_id``)."""
+        _rules.check_page(limit, offset)
+        if status is None:
+            cursor = self._run(self._sql.list_events, (limit, offset))
+        else:
+            cursor = self._run(self._sql.list_events_by_status, (status, limit, offset))
+        return [self._events.decode(row) for row in cursor.fetchall()]
+
+    @_guarded
+    def count_events(self, *, status: str | None = None) -> int:
+        """How many inbox events (with ``status``, when given)."""
+        if status is None:
+            return self._count(self._sql.count_events)
+        return self._count(self._sql.count_events_by_status, (status,))
+
+
+# -- opening by URL ---------------------------------------------------------------------
+
+
+def _dialect_of(database: peewee.Database) -> Dialect:
+    if isinstance(database, peewee.SqliteDatabase):
+        return "sqlite"
+    if isinstance(database, peewee.PostgresqlDatabase):
+        return "postgres"
+    if isinstance(database, peewee.MySQLDatabase):
+        return "mysql"
+    raise ConfigurationError(
+        f"SqlStore supports SQLite, PostgreSQL and MySQL databases, not {type(database).__name__}",
+        field="database",
+    )
+
+
+def _redacted(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+
+
+def _driver_options(query: str) -> dict[str, Any]:
+    """URL query parameters as driver keyword arguments (digits become ints)."""
+    return {k: int(v) if v.isdigit() else v for k, v in parse_qsl(query, keep_blank_values=True)}
+
+
+def _database_from_url(url: str) -> peewee.Database:
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise ConfigurationError(f"not a database URL: {_redacted(url)!r}", field="database")
+    if scheme == "sqlite":
+        path = rest[1:] if rest.startswith("/") else rest
+        if not path:
+            raise ConfigurationError("sqlite:// URL needs a file path", field="database")
+        if path == ":memory:":  # one connection, shared by all threads
+            return peewee.SqliteDatabase(path, thread_safe=False, check_same_thread=False)
+        return peewee.SqliteDatabase(
+            path, factory=_WeakrefableSqliteConnection, check_same_thread=False
+        )
+    if scheme not in ("postgres", "postgresql", "mysql", "mariadb", "mysql+pymysql"):
+        raise ConfigurationError(
+            f"unknown SQL URL scheme {scheme!r} in {_redacted(url)!r}", field="database"
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"malformed database URL {_redacted(url)!r}: bad port", field="database"
+        ) from exc
+    name = unquote(parts.path.lstrip("/"))
+    if not name:
+        raise ConfigurationError(
+            f"database URL {_redacted(url)!r} names no database", field="database"
+        )
+    options: dict[str, Any] = {"connect_timeout": 10}
+    if parts.hostname:
+        options["host"] = unquote(parts.hostname)
+    if port is not None:
+        options["port"] = port
+    if parts.username:
+        options["user"] = unquote(parts.username)
+    if parts.password is not None:
+        options["password"] = unquote(parts.password)
+    options.update(_driver_options(parts.query))
+    if scheme in ("postgres", "postgresql"):
+        return peewee.PostgresqlDatabase(name, **options)
+    return peewee.MySQLDatabase(name, **options)

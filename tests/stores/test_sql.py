@@ -1,0 +1,288 @@
+"""The SQL store on SQLite, PostgreSQL and MySQL: the store contract, plus what only SQL has
+(URLs, migrations, columns readable with plain SQL)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import peewee
+import pytest
+
+from kavach.errors import ConfigurationError, StoreError
+from kavach.stores import SCHEMA_VERSION, open_store
+from kavach.stores.sql import SqlStore
+
+from . import _workers
+from .conftest import SqlServer
+from .contract import StoreContract
+from .factories import T0, state, user
+
+
+class SqlContract(StoreContract):
+    """The contract for a SQL backend reached by URL; subclasses supply ``store_url``."""
+
+    @pytest.fixture
+    def opened(self) -> Iterator[list[SqlStore]]:
+        stores: list[SqlStore] = []
+        yield stores
+        for store in stores:
+            store.close()
+
+    @pytest.fixture
+    def reopen(self, store_url: str, opened: list[SqlStore]) -> Callable[[], SqlStore]:
+        def reopen() -> SqlStore:
+            opened.append(SqlStore.from_url(store_url))
+            return opened[-1]
+
+        return reopen
+
+    @pytest.fixture
+    def store(self, reopen: Callable[[], SqlStore]) -> SqlStore:
+        return reopen()
+
+
+class TestSqliteStore(SqlContract):
+    @pytest.fixture
+    def store_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'kavach.db'}"
+
+
+class TestPostgresStore(SqlContract):
+    @pytest.fixture
+    def store_url(self, postgres_server: SqlServer) -> str:
+        postgres_server.empty_tables()
+        return postgres_server.url
+
+
+class TestMysqlStore(SqlContract):
+    @pytest.fixture
+    def store_url(self, mysql_server: SqlServer) -> str:
+        mysql_server.empty_tables()
+        return mysql_server.url
+
+
+# -- what only the SQL store has --------------------------------------------------------
+
+
+class SqliteFile:
+    """The SQLite counterpart of :class:`SqlServer`, for the tests below."""
+
+    kind = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+
+    def query(self, sql: str) -> list[Any]:
+        with sqlite3.connect(self.path) as connection:
+            return connection.execute(sql).fetchall()
+
+    def tables(self) -> set[str]:
+        rows = self.query("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {row[0] for row in rows}
+
+    def drop_tables(self) -> None:
+        for table in self.tables():
+            self.query(f"DROP TABLE {table}")
+
+
+@pytest.fixture(params=["sqlite", "postgres", "mysql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> SqliteFile | SqlServer:
+    """Each SQL backend, its tables dropped: every test starts before the first open."""
+    server: SqliteFile | SqlServer
+    if request.param == "sqlite":
+        server = SqliteFile(tmp_path / "kavach.db")
+    else:
+        server = request.getfixturevalue(f"{request.param}_server")
+    server.drop_tables()
+    return server
+
+
+@pytest.fixture
+def sql_store(backend: SqliteFile | SqlServer) -> Iterator[SqlStore]:
+    store = SqlStore.from_url(backend.url)
+    yield store
+    store.close()
+
+
+def test_first_open_creates_tables_and_records_schema_version(
+    backend: SqliteFile | SqlServer, sql_store: SqlStore
+) -> None:
+    assert {
+        "kavach_users",
+        "kavach_sessions",
+        "kavach_polar_subscriptions",
+        "kavach_polar_events",
+        "kavach_schema",
+    } <= backend.tables()
+    assert sql_store.schema_version() == SCHEMA_VERSION
+    assert [row[0] for row in backend.query("SELECT version FROM kavach_schema")] == [1]
+
+
+def test_opening_twice_runs_migrations_once(
+    backend: SqliteFile | SqlServer, sql_store: SqlStore
+) -> None:
+    sql_store.create_user(user("u1"))
+    again = SqlStore.from_url(backend.url)
+    try:
+        assert again.get_user("u1") == user("u1")
+        assert len(backend.query("SELECT version FROM kavach_schema")) == 1
+    finally:
+        again.close()
+
+
+def test_processes_opening_an_empty_database_at_once_all_succeed(
+    backend: SqliteFile | SqlServer, process_pool: ProcessPoolExecutor
+) -> None:
+    start_at = time.time() + 0.3
+    futures = [
+        process_pool.submit(_workers.open_and_read_version, backend.url, start_at) for _ in range(4)
+    ]
+    assert [future.result(timeout=60) for future in futures] == [SCHEMA_VERSION] * 4
+    assert len(backend.query("SELECT version FROM kavach_schema")) == 1
+
+
+def test_newer_schema_in_database_is_refused(
+    backend: SqliteFile | SqlServer, sql_store: SqlStore
+) -> None:
+    backend.query(
+        f"INSERT INTO kavach_schema (version, applied_at) "
+        f"VALUES ({SCHEMA_VERSION + 1}, '2030-01-01 00:00:00')"
+    )
+    with pytest.raises(StoreError, match="newer"):
+        SqlStore.from_url(backend.url)
+
+
+def test_mirror_columns_are_readable_with_plain_sql(
+    backend: SqliteFile | SqlServer, sql_store: SqlStore
+) -> None:
+    sql_store.create_user(user("u1"))
+    sql_store.apply_subscription(state(version=5, status="past_due"))
+    rows = backend.query(
+        "SELECT polar_subscription_id, polar_subscription_status, polar_subscription_version "
+        "FROM kavach_users WHERE id = 'u1'"
+    )
+    assert [tuple(row) for row in rows] == [("sub1", "past_due", 5)]
+
+
+def test_datetimes_are_stored_as_naive_utc(
+    backend: SqliteFile | SqlServer, sql_store: SqlStore
+) -> None:
+    sql_store.create_user(user("u1"))
+    (value,) = backend.query("SELECT created_at FROM kavach_users")[0]
+    if isinstance(value, str):  # SQLite
+        assert value == "2025-01-02 03:04:05.678901"
+    else:
+        assert value == T0.replace(tzinfo=None)
+
+
+def test_store_owns_its_database_and_binds_nothing_globally(tmp_path: Path) -> None:
+    first = SqlStore(peewee.SqliteDatabase(str(tmp_path / "a.db")))
+    second = SqlStore(peewee.SqliteDatabase(str(tmp_path / "b.db")))
+    try:
+        first.create_user(user("u1"))
+        assert second.get_user("u1") is None
+        assert (first.kind, second.kind) == ("sqlite", "sqlite")
+    finally:
+        first.close()
+        second.close()
+
+
+def test_sqlite_connections_use_wal_full_sync_and_a_busy_timeout(sql_store: SqlStore) -> None:
+    if sql_store.kind != "sqlite":
+        pytest.skip("SQLite only")
+    database: Any = sql_store._db
+    pragmas = [
+        database.execute_sql(f"PRAGMA {name}").fetchone()[0]
+        for name in ("journal_mode", "synchronous", "busy_timeout")
+    ]
+    assert pragmas == ["wal", 2, 5000]
+
+
+@pytest.mark.parametrize("url", ["sqlite://:memory:", "sqlite:///:memory:"])
+def test_in_memory_sqlite_is_one_database_for_all_threads(url: str) -> None:
+    store = open_store(url)
+    try:
+        assert isinstance(store, SqlStore) and store.kind == "sqlite"
+        store.create_user(user("u1"))
+        seen: list[object] = []
+        thread = threading.Thread(target=lambda: seen.append(store.get_user("u1")))
+        thread.start()
+        thread.join()
+        assert seen == [user("u1")]
+    finally:
+        store.close()
+
+
+def test_relative_sqlite_url_is_relative_to_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///relative.db")
+    store.close()
+    assert (tmp_path / "relative.db").exists()
+
+
+def test_absolute_sqlite_url_has_four_slashes(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:////{tmp_path.relative_to('/')}/absolute.db")
+    store.close()
+    assert (tmp_path / "absolute.db").exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://kavach:s3cr3t-pw@127.0.0.1:1/db",
+        "mysql://kavach:s3cr3t-pw@127.0.0.1:1/db",
+    ],
+)
+def test_connection_failure_message_hides_the_password(url: str) -> None:
+    with pytest.raises(StoreError) as caught:
+        SqlStore.from_url(url)
+    assert "s3cr3t-pw" not in str(caught.value)
+    assert "kavach:***@127.0.0.1:1" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://kavach:s3cr3t-pw@host:port/db",
+        "mysql://kavach:s3cr3t-pw@127.0.0.1:3306/",
+        "oracle://kavach:s3cr3t-pw@host/db",
+        "sqlite://",
+    ],
+)
+def test_malformed_url_raises_configuration_error_without_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        SqlStore.from_url(url)
+    assert "s3cr3t-pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_server_urls_pick_their_dialect(request: pytest.FixtureRequest, kind: str) -> None:
+    server: SqlServer = request.getfixturevalue(f"{kind}_server")
+    store = open_store(server.url)
+    try:
+        assert store.kind == kind
+    finally:
+        store.close()
+
+
+def test_repr_names_kind_and_database_only(sql_store: SqlStore) -> None:
+    assert repr(sql_store).startswith(f"SqlStore(kind={sql_store.kind!r}, database=")
+
+
+def test_datetime_column_sorts_in_time_order(
+    backend: SqliteFile | SqlServer, sql_store: SqlStore
+) -> None:
+    for i, when in enumerate([datetime(2025, 1, 1, 0, 0, 0, 1), datetime(2024, 12, 31, 23)]):
+        sql_store.create_user(user(f"u{i}", created_at=when.replace(tzinfo=T0.tzinfo)))
+    rows = backend.query("SELECT id FROM kavach_users ORDER BY created_at")
+    assert [row[0] for row in rows] == ["u1", "u0"]
