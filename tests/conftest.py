@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 CASSETTES_DIR = Path(__file__).resolve().parent.parent / "cassettes"
 
 # Bearer tokens and webhook secrets Polar may put in a body (customer-session tokens,
