@@ -96,7 +96,7 @@ def kavach_app(fake_polar: FakePolar) -> Iterator[KavachTestApp]:
     from kavach.http.server import make_server
 
     plugin = polar(
-        access_token="polar_oat_test",
+        access_token="polar_oat_test",  # noqa: S106 - FakePolar accepts any token
         webhook_secret=fake_polar.webhook_secret,
         base_url=fake_polar.url,
     )
