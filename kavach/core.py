@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
@@ -106,9 +107,11 @@ class Kavach:
     ) -> None:
         self.close()
 
-    @property
+    @functools.cached_property
     def wsgi_app(self) -> WSGIApp:
-        """A WSGI callable serving the kavach routes (mount it in Flask or Django)."""
+        """A WSGI callable serving the kavach routes (mount it in Flask or Django).
+
+        One app per ``Kavach`` (its sign-in rate limiter is shared by every request)."""
         from kavach.http.wsgi import WSGIApp
 
         return WSGIApp(self)

@@ -31,6 +31,15 @@ class User:
         return cls(id=record.id, email=record.email, name=record.name, created_at=record.created_at)
 
 
+def _has_lone_surrogate(text: str) -> bool:
+    """``True`` when ``text`` cannot be encoded as UTF-8 (a lone UTF-16 surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def validate_email(email: object) -> str:
     """The email, stripped; raises :class:`InvalidInputError` when it is not plausible."""
     if not isinstance(email, str):
@@ -44,6 +53,7 @@ def validate_email(email: object) -> str:
         or "." not in domain.strip(".")
         or len(value) > MAX_EMAIL_LENGTH
         or any(c.isspace() or ord(c) < 32 for c in value)
+        or _has_lone_surrogate(value)
     ):
         raise InvalidInputError("email is not a valid address", field="email")
     return value
@@ -61,6 +71,8 @@ def validate_password(password: object) -> str:
         raise InvalidInputError(
             f"password must have at most {MAX_PASSWORD_LENGTH} characters", field="password"
         )
+    if _has_lone_surrogate(password):
+        raise InvalidInputError("password is not valid Unicode text", field="password")
     return password
 
 
@@ -70,6 +82,8 @@ def validate_name(name: object) -> str | None:
     if not isinstance(name, str):
         raise InvalidInputError("name must be a string", field="name")
     value = name.strip()
+    if _has_lone_surrogate(value):
+        raise InvalidInputError("name is not valid Unicode text", field="name")
     if len(value) > MAX_NAME_LENGTH:
         raise InvalidInputError(
             f"name must have at most {MAX_NAME_LENGTH} characters", field="name"

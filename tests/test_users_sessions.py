@@ -156,3 +156,24 @@ def test_purge_expired_sessions(kavach: Kavach, clock: FrozenClock) -> None:
     kavach.sessions.create(user.id)
     clock.advance(days=8)
     assert kavach.sessions.purge_expired() == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"email": "ja\ud800ne@acme.io"}, "email"),
+        ({"email": "jane@acme.io", "password": "long enough \udfff"}, "password"),
+        ({"email": "jane@acme.io", "name": "J\ud83d"}, "name"),
+    ],
+)
+def test_lone_surrogates_are_refused_before_anything_is_stored(
+    kavach: Kavach, kwargs: dict[str, str], field: str
+) -> None:
+    with pytest.raises(InvalidInputError) as err:
+        kavach.users.create(**kwargs)
+    assert err.value.field == field
+    assert kavach.store.count_users() == 0
+
+
+def test_wsgi_app_is_one_object_per_kavach(kavach: Kavach) -> None:
+    assert kavach.wsgi_app is kavach.wsgi_app

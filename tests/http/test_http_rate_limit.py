@@ -1,0 +1,79 @@
+"""Sign-in failures are limited per client IP and per email."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import requests
+from http_support import PASSWORD, Live
+
+from kavach.clock import FrozenClock
+
+
+def sign_in(live: Live, email: str, password: str) -> requests.Response:
+    return requests.post(
+        live.base + "/auth/sign-in/email",
+        json={"email": email, "password": password},
+        timeout=10,
+    )
+
+
+def fail(live: Live, times: int, email: str = "jane@acme.io") -> None:
+    for _ in range(times):
+        assert sign_in(live, email, "wrong password").status_code == 401
+
+
+def test_tenth_failure_is_still_401(live: Live) -> None:
+    live.sign_up()
+    fail(live, 9)
+    assert sign_in(live, "jane@acme.io", "wrong password").status_code == 401
+
+
+def test_eleventh_attempt_is_429_with_retry_after(live: Live) -> None:
+    live.sign_up()
+    fail(live, 10)
+    response = sign_in(live, "jane@acme.io", "wrong password")
+    assert response.status_code == 429
+    assert response.json()["error"] == "rate_limited"
+    assert response.headers["Retry-After"] == "300"
+
+
+def test_a_blocked_email_is_refused_even_with_the_right_password(live: Live) -> None:
+    live.sign_up()
+    fail(live, 10)
+    assert sign_in(live, "jane@acme.io", PASSWORD).status_code == 429
+
+
+def test_the_email_key_ignores_case(live: Live) -> None:
+    live.sign_up()
+    fail(live, 10)
+    assert sign_in(live, "JANE@ACME.IO", "wrong password").status_code == 429
+
+
+def test_failures_across_emails_block_the_client_ip(live: Live) -> None:
+    for n in range(10):
+        fail(live, 1, email=f"user{n}@acme.io")
+    assert sign_in(live, "someone-else@acme.io", "wrong password").status_code == 429
+
+
+def test_the_block_lifts_when_the_window_passes(live: Live, clock: FrozenClock) -> None:
+    live.sign_up()
+    fail(live, 10)
+    clock.advance(timedelta(minutes=5, seconds=1))
+    assert sign_in(live, "jane@acme.io", PASSWORD).status_code == 200
+
+
+def test_retry_after_counts_down_with_the_clock(live: Live, clock: FrozenClock) -> None:
+    live.sign_up()
+    fail(live, 10)
+    clock.advance(timedelta(seconds=200))
+    assert sign_in(live, "jane@acme.io", PASSWORD).headers["Retry-After"] == "100"
+
+
+def test_a_successful_sign_in_clears_the_email_failures(live: Live) -> None:
+    live.sign_up()
+    fail(live, 5)
+    assert sign_in(live, "jane@acme.io", PASSWORD).status_code == 200
+    # The email's count starts over; the IP still carries its 5.
+    fail(live, 4)
+    assert sign_in(live, "jane@acme.io", PASSWORD).status_code == 200
