@@ -39,6 +39,28 @@ class PolarPort(Protocol):
         """An outcome with ``.status_code`` and ``.to_json()``."""
         ...
 
+    def status(self, user_id: str) -> Any:
+        """``.subscription`` (or ``None``) and ``.access`` (with ``.to_json()``)."""
+        ...
+
+    def create_portal_session(self, user_id: str, *, return_url: str | None = None) -> Any:
+        """A customer session with ``.customer_portal_url``."""
+        ...
+
+    def cancel_subscription(
+        self, user_id: str, *, reason: str | None = None, comment: str | None = None
+    ) -> Any:
+        """The updated ``PolarSubscription``."""
+        ...
+
+    def uncancel_subscription(self, user_id: str) -> Any:
+        """The updated ``PolarSubscription``."""
+        ...
+
+    def get_checkout(self, user_id: str, checkout_id: str) -> Any:
+        """``.checkout`` (``.id``, ``.status``); raises ``NotFoundError`` when not the user's."""
+        ...
+
 
 @attrs.define
 class HttpContext:

@@ -140,10 +140,72 @@ _SCHEMAS: dict[str, Any] = {
             "cancelAtPeriodEnd": {"type": "boolean"},
         },
     },
+    "Access": {
+        "type": "object",
+        "required": ["granted", "reason", "until", "subscriptionId"],
+        "properties": {
+            "granted": {"type": "boolean"},
+            "reason": {
+                "type": "string",
+                "enum": [
+                    "active", "trialing", "canceled_in_grace", "past_due", "paused",
+                    "revoked", "none",
+                ],
+            },
+            "until": {"type": ["string", "null"], "format": "date-time"},
+            "subscriptionId": {"type": ["string", "null"]},
+        },
+    },
     "SubscriptionResult": {
         "type": "object",
+        "required": ["subscription", "access"],
+        "properties": {
+            "subscription": {"oneOf": [_ref("Subscription"), {"type": "null"}]},
+            "access": _ref("Access"),
+        },
+    },
+    "ChangedSubscription": {
+        "type": "object",
         "required": ["subscription"],
-        "properties": {"subscription": {"oneOf": [_ref("Subscription"), {"type": "null"}]}},
+        "properties": {"subscription": _ref("Subscription")},
+    },
+    "CancelRequest": {
+        "type": "object",
+        "properties": {
+            "reason": {
+                "type": "string",
+                "description": "Polar's customer_cancellation_reason, e.g. too_expensive.",
+            },
+            "comment": {"type": "string"},
+        },
+    },
+    "PortalRequest": {
+        "type": "object",
+        "properties": {
+            "returnUrl": {
+                "type": ["string", "null"],
+                "format": "uri",
+                "description": "Must be on a trusted origin.",
+            },
+        },
+    },
+    "PortalResult": {
+        "type": "object",
+        "required": ["url"],
+        "properties": {"url": {"type": "string"}},
+    },
+    "CheckoutReturn": {
+        "type": "object",
+        "required": ["checkout", "subscription", "access"],
+        "properties": {
+            "checkout": {
+                "type": "object",
+                "required": ["id", "status"],
+                "properties": {"id": {"type": "string"}, "status": {"type": "string"}},
+            },
+            "subscription": {"oneOf": [_ref("Subscription"), {"type": "null"}]},
+            "access": _ref("Access"),
+        },
     },
     "WebhookResult": {
         "type": "object",
@@ -160,6 +222,19 @@ def _webhook_header(name: str, description: str) -> dict[str, Any]:
         "required": True,
         "description": description,
         "schema": {"type": "string"},
+    }
+
+
+def _change_responses() -> dict[str, Any]:
+    return {
+        "200": _json_body(_ref("ChangedSubscription"), "The subscription after the change."),
+        "400": _BAD_REQUEST,
+        "401": _UNAUTHORIZED,
+        "403": _CSRF,
+        "404": _error("No live subscription, or the plugin is not configured."),
+        "409": _error("Already canceled, or the subscription has a pending update."),
+        "413": _TOO_LARGE,
+        "502": _error("Polar failed; no secrets in the body."),
     }
 
 
@@ -255,6 +330,67 @@ def _paths() -> dict[str, Any]:
                     "200": _json_body(_ref("SubscriptionResult"), "The subscription."),
                     "401": _UNAUTHORIZED,
                     "404": _NOT_CONFIGURED,
+                },
+            }
+        },
+        "/auth/polar/portal": {
+            "post": {
+                "operationId": "createPolarPortalSession",
+                "summary": "A Polar customer-portal link for the signed-in user's own customer.",
+                "security": _SESSION_SECURITY,
+                "requestBody": {
+                    "required": False,
+                    "content": {_JSON: {"schema": _ref("PortalRequest")}},
+                },
+                "responses": {
+                    "200": _json_body(_ref("PortalResult"), "Redirect the browser to `url`."),
+                    "400": _BAD_REQUEST,
+                    "401": _UNAUTHORIZED,
+                    "403": _CSRF,
+                    "404": _error("No Polar customer yet, or the plugin is not configured."),
+                    "413": _TOO_LARGE,
+                    "502": _error("Polar failed; no secrets in the body."),
+                },
+            }
+        },
+        "/auth/polar/subscription/cancel": {
+            "post": {
+                "operationId": "cancelPolarSubscription",
+                "summary": "Cancel the signed-in user's subscription at the end of its period.",
+                "security": _SESSION_SECURITY,
+                "requestBody": {
+                    "required": False,
+                    "content": {_JSON: {"schema": _ref("CancelRequest")}},
+                },
+                "responses": _change_responses(),
+            }
+        },
+        "/auth/polar/subscription/uncancel": {
+            "post": {
+                "operationId": "uncancelPolarSubscription",
+                "summary": "Undo a scheduled cancellation of the signed-in user's subscription.",
+                "security": _SESSION_SECURITY,
+                "responses": _change_responses(),
+            }
+        },
+        "/auth/polar/checkout/{checkoutId}": {
+            "get": {
+                "operationId": "getPolarCheckout",
+                "summary": "Return from checkout: own checkout only; syncs once it succeeded.",
+                "security": _SESSION_SECURITY,
+                "parameters": [
+                    {
+                        "name": "checkoutId",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    }
+                ],
+                "responses": {
+                    "200": _json_body(_ref("CheckoutReturn"), "The checkout and the plan."),
+                    "401": _UNAUTHORIZED,
+                    "404": _error("No such checkout for this user (another user's looks missing)."),
+                    "502": _error("Polar failed; no secrets in the body."),
                 },
             }
         },

@@ -6,8 +6,11 @@ import logging
 from typing import Any
 
 from kavach.errors import (
+    NotFoundError,
     PolarAPIError,
+    PolarConflictError,
     PolarError,
+    PolarPermissionError,
     UserNotFoundError,
     WebhookCallbackError,
     WebhookPayloadError,
@@ -82,11 +85,138 @@ def checkout(ctx: HttpContext, request: Request) -> Response:
 
 
 def subscription(ctx: HttpContext, request: Request) -> Response:
-    """``GET /auth/polar/subscription``: the signed-in user's subscription, or ``null``."""
+    """``GET /auth/polar/subscription``: the signed-in user's subscription (or ``null``)
+    and the access decision (``{granted, reason, until, subscriptionId}``)."""
     plugin = _plugin(ctx)
     auth = authenticate(ctx, request)
+    status = plugin.status(auth.user_id)
     return Response.json(
-        200, {"subscription": subscription_json(plugin.get_subscription(auth.user_id))}
+        200,
+        {
+            "subscription": subscription_json(status.subscription),
+            "access": status.access.to_json(),
+        },
+    )
+
+
+def _optional_trusted_url(
+    ctx: HttpContext, request: Request, data: dict[str, Any], field: str
+) -> str | None:
+    url = data.get(field)
+    if url is None:
+        return None
+    if not isinstance(url, str) or not is_safe_redirect(url, request, ctx.trusted_origins):
+        raise HttpError(
+            400,
+            f"untrusted_{_snake(field)}",
+            f"{field} must be an absolute URL on a trusted origin",
+            field=field,
+        )
+    return url
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+
+
+def _optional_body(request: Request) -> dict[str, Any]:
+    """The JSON object body, or ``{}`` when the request has no body at all."""
+    return read_json_object(request) if request.body.strip() else {}
+
+
+def portal(ctx: HttpContext, request: Request) -> Response:
+    """``POST /auth/polar/portal`` ``{returnUrl?}``: a Polar customer-portal link for the
+    signed-in user's own customer (never one named in the request)."""
+    plugin = _plugin(ctx)
+    auth = authenticate(ctx, request)
+    return_url = _optional_trusted_url(ctx, request, _optional_body(request), "returnUrl")
+    try:
+        session = plugin.create_portal_session(auth.user_id, return_url=return_url)
+    except UserNotFoundError:
+        raise unauthorized("the session's user no longer exists") from None
+    except PolarAPIError as exc:
+        if exc.status_code in (404, 422):
+            raise HttpError(
+                404, "no_customer", "you have no Polar customer yet (no purchase)"
+            ) from None
+        logger.warning("polar portal session failed: %r", exc)
+        raise HttpError(502, "polar_error", polar_failure_message(exc)) from None
+    except PolarError as exc:
+        logger.warning("polar portal session failed: %r", exc)
+        raise HttpError(502, "polar_error", polar_failure_message(exc)) from None
+    return Response.json(200, {"url": session.customer_portal_url})
+
+
+def _change_subscription(ctx: HttpContext, request: Request, *, cancel: bool) -> Response:
+    plugin = _plugin(ctx)
+    auth = authenticate(ctx, request)
+    data = _optional_body(request)
+    try:
+        if cancel:
+            reason = data.get("reason")
+            comment = data.get("comment")
+            if reason is not None and not isinstance(reason, str):
+                raise HttpError(400, "invalid_input", "reason must be a string", field="reason")
+            if comment is not None and not isinstance(comment, str):
+                raise HttpError(400, "invalid_input", "comment must be a string", field="comment")
+            sub = plugin.cancel_subscription(auth.user_id, reason=reason, comment=comment)
+        else:
+            sub = plugin.uncancel_subscription(auth.user_id)
+    except UserNotFoundError:
+        raise unauthorized("the session's user no longer exists") from None
+    except NotFoundError:
+        raise HttpError(404, "no_subscription", "you have no live subscription") from None
+    except PolarPermissionError as exc:
+        if exc.error == "AlreadyCanceledSubscription":
+            raise HttpError(
+                409, "already_canceled", "the subscription is already canceled"
+            ) from None
+        raise HttpError(
+            409, "not_permitted", "Polar refused this change to the subscription"
+        ) from None
+    except PolarConflictError:
+        raise HttpError(
+            409, "subscription_locked", "the subscription has a pending update; try again later"
+        ) from None
+    except PolarError as exc:
+        logger.warning("polar subscription update failed: %r", exc)
+        raise HttpError(502, "polar_error", polar_failure_message(exc)) from None
+    return Response.json(200, {"subscription": subscription_json(sub)})
+
+
+def cancel_subscription(ctx: HttpContext, request: Request) -> Response:
+    """``POST /auth/polar/subscription/cancel`` ``{reason?, comment?}``: cancel the user's
+    own subscription at the end of its period."""
+    return _change_subscription(ctx, request, cancel=True)
+
+
+def uncancel_subscription(ctx: HttpContext, request: Request) -> Response:
+    """``POST /auth/polar/subscription/uncancel``: undo a scheduled cancellation."""
+    return _change_subscription(ctx, request, cancel=False)
+
+
+def checkout_status(ctx: HttpContext, request: Request, checkout_id: str) -> Response:
+    """``GET /auth/polar/checkout/{id}``: the return from checkout. The user's own checkout
+    only (another's is 404, like a missing one); a succeeded one syncs the subscription."""
+    plugin = _plugin(ctx)
+    auth = authenticate(ctx, request)
+    try:
+        result = plugin.get_checkout(auth.user_id, checkout_id)
+    except UserNotFoundError:
+        raise unauthorized("the session's user no longer exists") from None
+    except NotFoundError:
+        raise HttpError(404, "not_found", "no such checkout") from None
+    except PolarError as exc:
+        logger.warning("polar checkout lookup failed: %r", exc)
+        raise HttpError(502, "polar_error", polar_failure_message(exc)) from None
+    status = plugin.status(auth.user_id)
+    return Response.json(
+        200,
+        {
+            "checkout": {"id": result.checkout.id, "status": str(result.checkout.status)},
+            "subscription": subscription_json(status.subscription),
+            "access": status.access.to_json(),
+        },
     )
 
 

@@ -5,7 +5,7 @@ A pure function of the stored subscription state and the clock — no API call.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import attrs
 
@@ -46,7 +46,11 @@ class AccessDecision:
 
 
 def _iso(when: datetime | None) -> str | None:
-    return when.isoformat().replace("+00:00", "Z") if when else None
+    """ISO 8601 UTC with milliseconds and ``Z`` (JavaScript's ``toISOString`` form, as the
+    HTTP routes write every time)."""
+    if when is None:
+        return None
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def decide_access(

@@ -7,11 +7,10 @@ subscription belongs to, and when state may change (see design.md, "Webhooks").
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import attrs
@@ -38,8 +37,14 @@ from kavach.polar.subscriptions import (
     parse_datetime,
     state_from_payload,
 )
-from kavach.polar.webhooks import DEFAULT_TOLERANCE_SECONDS, WebhookVerifier
-from kavach.records import InboxEvent, SubscriptionState, UserRecord, most_relevant
+from kavach.polar.webhooks import DEFAULT_TOLERANCE_SECONDS, WebhookVerifier, parse_json
+from kavach.records import (
+    InboxEvent,
+    IngestResult,
+    SubscriptionState,
+    UserRecord,
+    most_relevant,
+)
 
 if TYPE_CHECKING:
     from kavach.clock import Clock
@@ -123,6 +128,14 @@ class CheckoutNotFoundError(NotFoundError):
     def __init__(self, checkout_id: str) -> None:
         super().__init__(f"no checkout {checkout_id!r} for this user")
         self.checkout_id = checkout_id
+
+
+@attrs.frozen
+class SubscriptionStatus:
+    """:meth:`PolarPlugin.status`: the user's current subscription and access decision."""
+
+    subscription: PolarSubscription | None
+    access: AccessDecision
 
 
 @attrs.frozen
@@ -365,6 +378,14 @@ class PolarPlugin:
                 self._notify(user.id, state)
         return SyncResult(user_id=user.id, seen=tuple(found), applied=tuple(applied))
 
+    def status(self, user_id: str) -> SubscriptionStatus:
+        """The user's most relevant subscription (``None`` when none or revoked) and the
+        access decision, from one read of the store."""
+        current = most_relevant(self._store.list_subscriptions(user_id))
+        decision = decide_access(current, self._clock.now(), past_due_grace=self.past_due_grace)
+        sub = None if current is None or current.revoked else PolarSubscription.from_state(current)
+        return SubscriptionStatus(subscription=sub, access=decision)
+
     def access(self, user_id: str, at: datetime | None = None) -> AccessDecision:
         """Is the user entitled now (or ``at``), and why? A pure function of stored state
         and the clock; see :func:`kavach.polar.access.decide_access` for the rules."""
@@ -457,6 +478,10 @@ class PolarPlugin:
         :class:`WebhookPayloadError` (400) when the verified JSON is not an event envelope,
         and :class:`WebhookCallbackError` (answer 5xx so Polar retries) when
         ``on_subscription_change`` raised. Store errors propagate (answer 5xx).
+
+        One store commit per delivery (:meth:`~kavach.stores.base.Store.ingest_event`:
+        inbox row and guarded write together); a second one, marking it processed, only
+        when ``on_subscription_change`` is set.
         """
         if len(body) > self.max_webhook_body:
             raise WebhookVerificationError(
@@ -465,92 +490,87 @@ class PolarPlugin:
             )
         self._verifier.verify(body, headers)
         webhook_id = _header(headers, "webhook-id")
-        try:
-            envelope = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise WebhookVerificationError(
-                "malformed_json", "webhook body is not valid JSON"
-            ) from None
+        envelope = parse_json(body)
         if not isinstance(envelope, dict):
             raise WebhookPayloadError("bad_envelope", "webhook body is not a JSON object")
         event_type = envelope.get("type")
         data = envelope.get("data")
         if not isinstance(event_type, str) or not event_type:
             raise WebhookPayloadError("bad_envelope", "webhook body has no 'type'")
-        store = self._store
-        now = self._clock.now()
-        event, created = store.record_event(
-            InboxEvent(
-                webhook_id=webhook_id,
-                event_type=event_type,
-                received_at=now,
-                payload=body.decode("utf-8", errors="replace"),
-            )
+        seen = self._store.get_event(webhook_id)
+        if seen is not None and seen.status == "processed":
+            return _duplicate(seen, event_type)
+        delivery = _Delivery(
+            webhook_id=webhook_id,
+            event_type=event_type,
+            payload=body.decode("utf-8", errors="replace"),
+            received_at=self._clock.now(),
+            seen=seen,
         )
-        if not created and event.status == "processed":
-            return WebhookOutcome(
-                webhook_id, event_type, "duplicate", event.user_id, event.subscription_id
-            )
-        if event_type not in SUBSCRIPTION_EVENTS or not isinstance(data, dict):
-            if event_type in SUBSCRIPTION_EVENTS:
-                return self._fail(webhook_id, event_type, "subscription event without data")
-            return self._finish(webhook_id, event_type, "ignored")
+        if event_type not in SUBSCRIPTION_EVENTS:
+            return self._finish(delivery, "ignored")
+        if not isinstance(data, dict):
+            return self._fail(delivery, "subscription event without data")
         envelope_time = parse_datetime(envelope.get("timestamp"))
-        return self._apply_subscription_event(
-            webhook_id, event_type, data, envelope_time, retry_of_applied=event.outcome == "applied"
-        )
+        return self._apply_subscription_event(delivery, data, envelope_time)
 
     def _apply_subscription_event(
-        self,
-        webhook_id: str,
-        event_type: str,
-        data: dict[str, Any],
-        envelope_time: datetime | None,
-        *,
-        retry_of_applied: bool,
+        self, delivery: _Delivery, data: dict[str, Any], envelope_time: datetime | None
     ) -> WebhookOutcome:
-        store = self._store
         if self.organization_id:
             org = organization_of(data)
             if org is not None and org != self.organization_id:
-                return self._finish(webhook_id, event_type, "foreign_organization")
+                return self._finish(delivery, "foreign_organization")
         user = self._match_user(data)
         if user is None:
-            log.info("webhook %s (%s) matches no kavach user", webhook_id, event_type)
-            return self._finish(webhook_id, event_type, "unmatched")
+            log.info(
+                "webhook %s (%s) matches no kavach user", delivery.webhook_id, delivery.event_type
+            )
+            return self._finish(delivery, "unmatched")
         self._link_customer(user, data)
         try:
             state = state_from_payload(data, user.id, fallback_time=envelope_time)
         except SubscriptionPayloadError as exc:
-            return self._fail(webhook_id, event_type, str(exc), user_id=user.id)
-        if retry_of_applied:
+            return self._fail(delivery, str(exc), user_id=user.id)
+        callback = self.on_subscription_change
+        # Without a callback the delivery is done once ingested; with one, it stays
+        # "received" until the callback returned.
+        status = "processed" if callback is None else "received"
+        store = self._store
+        result = store.ingest_event(
+            delivery.event(status, user_id=user.id, subscription_id=state.id), state
+        )
+        if _is_duplicate(result, status, delivery.seen):
+            return _duplicate(result.event, delivery.event_type)
+        applied = result.applied
+        if applied is None:
             # An earlier attempt committed this state but its callback failed: run it again,
             # unless a newer change has been applied (and notified) since.
             stored = store.get_subscription(state.id)
             applied = stored is None or stored.version <= state.version
             if not applied:
-                log.info("webhook %s: callback retry skipped, superseded", webhook_id)
-        else:
-            applied = store.apply_subscription(state, webhook_id=webhook_id)
-        if applied:
-            try:
-                self._notify(user.id, state)
-            except Exception as exc:
-                store.finish_event(
-                    webhook_id,
-                    status="failed",
-                    at=self._clock.now(),
-                    error=f"on_subscription_change raised {type(exc).__name__}",
-                    user_id=user.id,
-                    subscription_id=state.id,
-                )
-                raise WebhookCallbackError(webhook_id, exc) from exc
-        return self._finish(
-            webhook_id,
-            event_type,
+                log.info("webhook %s: callback retry skipped, superseded", delivery.webhook_id)
+        if callback is not None:
+            if applied:
+                try:
+                    self._notify(user.id, state)
+                except Exception as exc:
+                    store.finish_event(
+                        delivery.webhook_id,
+                        status="failed",
+                        at=self._clock.now(),
+                        error=f"on_subscription_change raised {type(exc).__name__}",
+                        user_id=user.id,
+                        subscription_id=state.id,
+                    )
+                    raise WebhookCallbackError(delivery.webhook_id, exc) from exc
+            store.finish_event(delivery.webhook_id, status="processed", at=self._clock.now())
+        return WebhookOutcome(
+            delivery.webhook_id,
+            delivery.event_type,
             "applied" if applied else "stale",
-            user_id=user.id,
-            subscription_id=state.id,
+            user.id,
+            state.id,
         )
 
     def _match_user(self, data: dict[str, Any]) -> UserRecord | None:
@@ -605,33 +625,81 @@ class PolarPlugin:
         if self.on_subscription_change is not None:
             self.on_subscription_change(user_id, PolarSubscription.from_state(state))
 
-    def _finish(
+    def _finish(self, delivery: _Delivery, outcome: str) -> WebhookOutcome:
+        """Record a delivery that changes no state as processed with ``outcome``."""
+        event = delivery.event("processed", outcome=outcome)
+        result = self._store.ingest_event(event)
+        if _is_duplicate(result, event.status, delivery.seen):
+            return _duplicate(result.event, delivery.event_type)
+        return WebhookOutcome(delivery.webhook_id, delivery.event_type, outcome)
+
+    def _fail(
+        self, delivery: _Delivery, reason: str, *, user_id: str | None = None
+    ) -> WebhookOutcome:
+        """A verified event kavach cannot use: recorded as failed, answered 400 (raises
+        ``WebhookPayloadError``), unless the delivery turns out to be a duplicate."""
+        event = delivery.event("failed", error=reason, user_id=user_id)
+        result = self._store.ingest_event(event)
+        if _is_duplicate(result, event.status, delivery.seen):
+            return _duplicate(result.event, delivery.event_type)
+        raise WebhookPayloadError("bad_subscription", reason)
+
+
+@attrs.frozen
+class _Delivery:
+    """A verified delivery on its way into the inbox."""
+
+    webhook_id: str
+    event_type: str
+    payload: str
+    received_at: datetime
+    #: The unprocessed inbox row the duplicate check found for this id, if any.
+    seen: InboxEvent | None
+
+    def event(
         self,
-        webhook_id: str,
-        event_type: str,
-        outcome: str,
+        status: str,
         *,
+        outcome: str | None = None,
+        error: str | None = None,
         user_id: str | None = None,
         subscription_id: str | None = None,
-    ) -> WebhookOutcome:
-        self._store.finish_event(
-            webhook_id,
-            status="processed",
-            at=self._clock.now(),
+    ) -> InboxEvent:
+        """The inbox row to ingest for this delivery."""
+        return InboxEvent(
+            webhook_id=self.webhook_id,
+            event_type=self.event_type,
+            received_at=self.received_at,
+            payload=self.payload,
+            status=status,
             outcome=outcome,
+            processed_at=self.received_at if status == "processed" else None,
+            last_error=error,
             user_id=user_id,
             subscription_id=subscription_id,
         )
-        return WebhookOutcome(webhook_id, event_type, outcome, user_id, subscription_id)
 
-    def _fail(
-        self, webhook_id: str, event_type: str, reason: str, *, user_id: str | None = None
-    ) -> NoReturn:
-        """A verified event kavach cannot use: recorded as failed, answered 400."""
-        self._store.finish_event(
-            webhook_id, status="failed", at=self._clock.now(), error=reason, user_id=user_id
-        )
-        raise WebhookPayloadError("bad_subscription", reason)
+
+def _duplicate(stored: InboxEvent, event_type: str) -> WebhookOutcome:
+    """The answer to a redelivery of an already processed webhook id."""
+    return WebhookOutcome(
+        stored.webhook_id, event_type, "duplicate", stored.user_id, stored.subscription_id
+    )
+
+
+def _is_duplicate(result: IngestResult, requested: str, seen: InboxEvent | None) -> bool:
+    """Did ``ingest_event`` find the delivery already processed (and leave it untouched)?
+
+    A row this call wrote has the status it asked for, so a processed row is another
+    delivery's when another status was asked for. When "processed" was asked for, it is
+    another delivery's if the duplicate check found no row at all: a concurrent delivery
+    of the same id inserted it since (deliveries handled with the same configuration
+    insert it processed, then). An unfinished row the check did find is this call's to
+    retry.
+    """
+    if result.created or result.event.status != "processed":
+        return False
+    return requested != "processed" or seen is None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:

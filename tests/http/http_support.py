@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.simple_server import make_server as make_wsgi_server
@@ -16,9 +17,17 @@ import attrs
 import requests
 
 from kavach.core import Kavach
-from kavach.errors import KavachError, WebhookVerificationError
+from kavach.errors import (
+    KavachError,
+    PolarConflictError,
+    PolarPermissionError,
+    PolarValidationError,
+    WebhookVerificationError,
+)
 from kavach.http import make_server
 from kavach.http.wsgi import WSGIApp
+from kavach.polar.access import AccessDecision
+from kavach.polar.plugin import CheckoutNotFoundError, SubscriptionNotFoundError
 
 TRUSTED_ORIGIN = "https://app.example.com"
 PASSWORD = "correct horse battery"
@@ -85,6 +94,15 @@ class StubPolarPlugin:
     def get_subscription(self, user_id: str) -> StubSubscription | None:
         return self.subscriptions.get(user_id)
 
+    def status(self, user_id: str) -> SimpleNamespace:
+        sub = self.subscriptions.get(user_id)
+        if sub is None:
+            return SimpleNamespace(subscription=None, access=AccessDecision(False, "none"))
+        granted = sub.status in ("active", "trialing")
+        access = AccessDecision(granted, sub.status if granted else "none",
+                                sub.current_period_end, sub.id)
+        return SimpleNamespace(subscription=sub, access=access)
+
     def handle_webhook(self, body: bytes, headers: Mapping[str, str]) -> StubOutcome:
         if len(body) > self.max_webhook_body:
             raise WebhookVerificationError("body_too_large", "too large")
@@ -96,6 +114,43 @@ class StubPolarPlugin:
             raise self.webhook_error
         self.webhooks.append((body, dict(headers)))
         return StubOutcome(webhook_id=headers["webhook-id"], status_code=self.webhook_status)
+
+    def create_portal_session(
+        self, user_id: str, *, return_url: str | None = None
+    ) -> SimpleNamespace:
+        if user_id not in self.subscriptions:
+            raise PolarValidationError(
+                "Customer does not exist.", status_code=422, error="PolarRequestValidationError"
+            )
+        return SimpleNamespace(customer_portal_url=f"https://polar.test/portal?u={user_id}")
+
+    def cancel_subscription(
+        self, user_id: str, *, reason: str | None = None, comment: str | None = None
+    ) -> StubSubscription:
+        return self._set_cancel(user_id, True)
+
+    def uncancel_subscription(self, user_id: str) -> StubSubscription:
+        return self._set_cancel(user_id, False)
+
+    def _set_cancel(self, user_id: str, cancel: bool) -> StubSubscription:
+        sub = self.subscriptions.get(user_id)
+        if sub is None:
+            raise SubscriptionNotFoundError(user_id)
+        if sub.status == "locked":
+            raise PolarConflictError("locked", status_code=409, error="SubscriptionLocked")
+        if cancel and sub.cancel_at_period_end:
+            raise PolarPermissionError(
+                "already", status_code=403, error="AlreadyCanceledSubscription"
+            )
+        changed = attrs.evolve(sub, cancel_at_period_end=cancel)
+        self.subscriptions[user_id] = changed
+        return changed
+
+    def get_checkout(self, user_id: str, checkout_id: str) -> SimpleNamespace:
+        for number, (owner, _, _) in enumerate(self.checkouts, start=1):
+            if owner == user_id and checkout_id == f"co_{number}":
+                return SimpleNamespace(checkout=SimpleNamespace(id=checkout_id, status="open"))
+        raise CheckoutNotFoundError(checkout_id)
 
     def give_subscription(self, user_id: str, **changes: Any) -> StubSubscription:
         values: dict[str, Any] = {

@@ -146,7 +146,10 @@ def test_subscription_is_null_when_the_user_has_none(live: Live, token: str) -> 
         live.base + "/auth/polar/subscription", headers=bearer(token), timeout=10
     )
     assert response.status_code == 200
-    assert response.json() == {"subscription": None}
+    assert response.json() == {
+        "subscription": None,
+        "access": {"granted": False, "reason": "none", "until": None, "subscriptionId": None},
+    }
 
 
 def test_subscription_has_the_documented_shape(
@@ -160,15 +163,16 @@ def test_subscription_has_the_documented_shape(
     response = requests.get(
         live.base + "/auth/polar/subscription", headers=bearer(token), timeout=10
     )
-    assert response.json() == {
-        "subscription": {
-            "id": "sub_1",
-            "status": "active",
-            "productId": "prod_1",
-            "currentPeriodEnd": "2030-01-31T12:00:05.123Z",
-            "cancelAtPeriodEnd": False,
-        }
+    body = response.json()
+    assert body["subscription"] == {
+        "id": "sub_1",
+        "status": "active",
+        "productId": "prod_1",
+        "currentPeriodEnd": "2030-01-31T12:00:05.123Z",
+        "cancelAtPeriodEnd": False,
     }
+    assert body["access"]["granted"] is True
+    assert body["access"]["subscriptionId"] == "sub_1"
 
 
 def test_subscription_without_a_session_is_401(live: Live) -> None:

@@ -89,4 +89,4 @@ def test_reasons_are_all_documented() -> None:
 
 
 def test_to_json_uses_iso_z() -> None:
-    assert decide_access(state("active"), NOW).to_json()["until"] == "2026-09-11T12:00:00Z"
+    assert decide_access(state("active"), NOW).to_json()["until"] == "2026-09-11T12:00:00.000Z"
