@@ -15,6 +15,7 @@ import attrs
 from kavach.records import ACTIVE_STATUSES, REVOKED_STATUSES, SubscriptionState
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_fromisoformat = datetime.fromisoformat
 
 
 @attrs.frozen
@@ -77,16 +78,26 @@ class SubscriptionPayloadError(ValueError):
 
 def parse_datetime(value: Any) -> datetime | None:
     """An aware UTC datetime from Polar's ISO-8601 text (``Z`` suffix, with or without
-    microseconds); ``None`` for null, missing or unreadable values."""
-    if not isinstance(value, str) or not value:
+    microseconds); ``None`` for null, missing or unreadable values.
+
+    A webhook hot path (a subscription carries ten of them): no wrapper work beyond
+    ``fromisoformat`` for the usual null and ``...Z`` values.
+    """
+    if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
+        parsed = _fromisoformat(value)
+    except (TypeError, ValueError):  # not text, or not a time
         return None
-    if parsed.tzinfo is None:
+    tz = parsed.tzinfo
+    if tz is UTC:
+        return parsed
+    if tz is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC) if parsed.utcoffset() else parsed
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before datetime.min in UTC
+        return None
 
 
 def version_of(when: datetime) -> int:
@@ -108,9 +119,11 @@ def subscription_version(data: dict[str, Any], fallback: datetime | None) -> int
 
     Raises :class:`SubscriptionPayloadError` when none of them is a readable time.
     """
-    when = parse_datetime(data.get("modified_at")) or parse_datetime(data.get("created_at"))
-    if when is None:
-        when = fallback
+    return _version(data, parse_datetime(data.get("created_at")), fallback)
+
+
+def _version(data: dict[str, Any], created_at: datetime | None, fallback: datetime | None) -> int:
+    when = parse_datetime(data.get("modified_at")) or created_at or fallback
     if when is None:
         raise SubscriptionPayloadError("subscription has no modified_at, created_at or timestamp")
     return version_of(when)
@@ -127,6 +140,7 @@ def state_from_payload(
     if not isinstance(status, str) or not status:
         raise SubscriptionPayloadError(f"subscription {sub_id} has no status")
     get = data.get
+    created_at = parse_datetime(get("created_at"))
     return SubscriptionState(
         id=sub_id,
         user_id=user_id,
@@ -134,9 +148,9 @@ def state_from_payload(
         product_id=_opt_str(get("product_id")),
         current_period_end=parse_datetime(get("current_period_end")),
         cancel_at_period_end=get("cancel_at_period_end") is True,
-        version=subscription_version(data, fallback_time),
+        version=_version(data, created_at, fallback_time),
         customer_id=_opt_str(get("customer_id")),
-        created_at=parse_datetime(get("created_at")),
+        created_at=created_at,
         started_at=parse_datetime(get("started_at")),
         current_period_start=parse_datetime(get("current_period_start")),
         trial_end=parse_datetime(get("trial_end")),

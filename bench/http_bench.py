@@ -8,27 +8,21 @@ the real Polar plugin (no Polar call is made on this path).
 The load generator runs in a separate process (so it does not share the servers' GIL):
 N keep-alive client threads (``http.client``), a fixed number of requests each.
 
-    python bench/http.py            # 8 threads x 2000 requests per server
-    python bench/http.py --quick    # 4 threads x 250
+    python bench/http_bench.py            # 8 threads x 2000 requests per server
+    python bench/http_bench.py --quick    # 4 threads x 250
 """
 
 from __future__ import annotations
-
-import os
-import sys
-
-# Running ``python bench/http.py`` puts bench/ first on sys.path, where this file would
-# shadow the stdlib ``http`` package. Drop it before anything imports ``http``.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
 
 import argparse
 import base64
 import http.client
 import json
+import os
 import secrets
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time

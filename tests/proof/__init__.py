@@ -1,0 +1,1 @@
+"""Proof under fire: several processes on one database, crashes, hostile HTTP, fuzzed parsers."""
