@@ -100,6 +100,22 @@ class InboxEvent:
     subscription_id: str | None = None
 
 
+@attrs.frozen
+class IngestResult:
+    """What :meth:`kavach.stores.base.Store.ingest_event` did with one delivery.
+
+    ``event`` is the inbox row as stored after the call. ``created`` is ``True`` when
+    the row is new. ``applied`` tells whether the subscription state was written
+    (``True``) or refused as not newer (``False``); it is ``None`` when no state was
+    given or no write was attempted (a processed duplicate, or a retry of a delivery
+    whose state an earlier attempt already applied).
+    """
+
+    event: InboxEvent
+    created: bool
+    applied: bool | None
+
+
 def subscription_rank(state: SubscriptionState) -> tuple[int, float, int]:
     """Sort key: the most relevant subscription sorts first.
 
@@ -121,6 +137,6 @@ def subscription_rank(state: SubscriptionState) -> tuple[int, float, int]:
 
 def most_relevant(states: list[SubscriptionState]) -> SubscriptionState | None:
     """The subscription the user's mirror columns should show, or ``None``."""
-    if not states:
-        return None
+    if len(states) <= 1:
+        return states[0] if states else None
     return min(states, key=subscription_rank)

@@ -12,8 +12,9 @@ Two jobs live here:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -57,8 +58,19 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+#: Per record type, a getter of its datetime fields' values (a tuple: every type has 2+).
+_DATETIME_VALUES: Mapping[type[Record], Callable[[Any], tuple[datetime | None, ...]]] = (
+    MappingProxyType({cls: attrgetter(*sorted(DATETIME_FIELDS[cls])) for cls in RECORD_TYPES})
+)
+
+
 def utc_record(record: R) -> R:
     """``record`` with every datetime field converted to aware UTC (same object if already)."""
+    for value in _DATETIME_VALUES[type(record)](record):
+        if value is not None and value.tzinfo is not UTC:
+            break
+    else:  # the common case, and a hot path: nothing to convert
+        return record
     changes: dict[str, Any] = {}
     for name in DATETIME_FIELDS[type(record)]:
         value = getattr(record, name)

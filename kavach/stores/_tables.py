@@ -21,7 +21,13 @@ from datetime import datetime
 import attrs
 
 from kavach.errors import ConflictError, EmailTakenError, NotFoundError, UserNotFoundError
-from kavach.records import InboxEvent, SessionRecord, SubscriptionState, UserRecord
+from kavach.records import (
+    InboxEvent,
+    IngestResult,
+    SessionRecord,
+    SubscriptionState,
+    UserRecord,
+)
 from kavach.stores import _rules
 from kavach.stores.base import normalize_email
 
@@ -146,25 +152,12 @@ class Tables:
         self, state: SubscriptionState, webhook_id: str | None
     ) -> Change | None:
         """The conditional write: ``None`` unless ``state`` is newer than the stored one."""
-        if state.user_id not in self.users:
-            raise UserNotFoundError(state.user_id)
-        current = self.subscriptions.get(state.id)
-        if current is not None and current.version >= state.version:
+        users = self._mirrors_after(state)
+        if users is None:
             return None
-        # Recompute the mirror of every user the write touches: the new holder and, when
-        # the subscription moved to another user, its previous holder.
-        touched = [state.user_id]
-        if current is not None and current.user_id != state.user_id:
-            touched.append(current.user_id)
-        users = []
-        for user_id in touched:
-            states = [s for s in self.subscriptions_of(user_id) if s.id != state.id]
-            if user_id == state.user_id:
-                states.append(state)
-            users.append(_rules.with_mirror(self.users[user_id], states))
         event = self.events.get(webhook_id) if webhook_id is not None else None
         events = () if event is None else (_rules.applied_event(event, state),)
-        return Change(users=tuple(users), subscriptions=(state,), events=events)
+        return Change(users=users, subscriptions=(state,), events=events)
 
     def plan_record_event(self, event: InboxEvent) -> tuple[Change | None, InboxEvent, bool]:
         """The change, the event as stored afterwards, and whether it was new."""
@@ -175,6 +168,28 @@ class Tables:
         if again is None:
             return None, stored, False
         return Change(events=(again,)), again, False
+
+    def plan_ingest_event(
+        self, event: InboxEvent, state: SubscriptionState | None
+    ) -> tuple[Change | None, IngestResult]:
+        """The change (``None`` for a processed duplicate) and the result; see
+        :meth:`kavach.stores.base.Store.ingest_event`. Raises ``UserNotFoundError``."""
+        if state is not None and state.user_id not in self.users:
+            raise UserNotFoundError(state.user_id)
+        stored = self.events.get(event.webhook_id)
+        if stored is not None and stored.status == "processed":
+            return None, IngestResult(stored, created=False, applied=None)
+        applied: bool | None = None
+        users = None
+        if state is not None and _rules.ingest_applies(stored):
+            users = self._mirrors_after(state)
+            applied = users is not None
+        row = _rules.ingested(event, stored, state, applied)
+        if state is None or users is None:
+            change = Change(events=(row,))
+        else:
+            change = Change(users=users, subscriptions=(state,), events=(row,))
+        return change, IngestResult(row, created=stored is None, applied=applied)
 
     def plan_finish_event(
         self,
@@ -221,6 +236,25 @@ class Tables:
             self.event_counts[event.status] += 1
 
     # -- helpers ----------------------------------------------------------------------
+    def _mirrors_after(self, state: SubscriptionState) -> tuple[UserRecord, ...] | None:
+        """The conditional write's check: ``None`` unless ``state`` is newer than the stored
+        state; else the users whose mirror columns the write changes, recomputed: the new
+        holder and, when the subscription moved to another user, its previous holder.
+        Raises ``UserNotFoundError``."""
+        holder = self.users.get(state.user_id)
+        if holder is None:
+            raise UserNotFoundError(state.user_id)
+        current = self.subscriptions.get(state.id)
+        if current is not None and current.version >= state.version:
+            return None
+        others = [s for s in self.subscriptions_of(state.user_id) if s.id != state.id]
+        mirrored = _rules.with_mirror(holder, [*others, state])
+        if current is None or current.user_id == state.user_id:
+            return (mirrored,)
+        previous = current.user_id
+        remaining = [s for s in self.subscriptions_of(previous) if s.id != state.id]
+        return (mirrored, _rules.with_mirror(self.users[previous], remaining))
+
     def _user(self, user_id: str) -> UserRecord:
         user = self.users.get(user_id)
         if user is None:
@@ -237,14 +271,16 @@ class Tables:
 
     def _put_user(self, user: UserRecord) -> None:
         previous = self.users.get(user.id)
-        if previous is not None:
-            self.user_id_by_email.pop(normalize_email(previous.email), None)
-            if previous.polar_customer_id is not None:
-                self.user_id_by_customer.pop(previous.polar_customer_id, None)
         self.users[user.id] = user
-        self.user_id_by_email[normalize_email(user.email)] = user.id
-        if user.polar_customer_id is not None:
-            self.user_id_by_customer[user.polar_customer_id] = user.id
+        if previous is None or previous.email != user.email:
+            if previous is not None:
+                self.user_id_by_email.pop(normalize_email(previous.email), None)
+            self.user_id_by_email[normalize_email(user.email)] = user.id
+        if previous is None or previous.polar_customer_id != user.polar_customer_id:
+            if previous is not None and previous.polar_customer_id is not None:
+                self.user_id_by_customer.pop(previous.polar_customer_id, None)
+            if user.polar_customer_id is not None:
+                self.user_id_by_customer[user.polar_customer_id] = user.id
 
     def _put_subscription(self, state: SubscriptionState) -> None:
         previous = self.subscriptions.get(state.id)

@@ -5,7 +5,8 @@ central promise is :meth:`Store.apply_subscription`: "write this subscription st
 only if its ``version`` is newer than the stored one" is ONE atomic step, and when it
 applies, the user's mirror columns (``polar_subscription_*`` on ``kavach_users``) are
 recomputed from all the user's subscriptions in the same step, using
-:func:`kavach.records.most_relevant`.
+:func:`kavach.records.most_relevant`. :meth:`Store.ingest_event` is the webhook's one
+step: inbox row and conditional write in a single transaction.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from kavach.records import InboxEvent, SessionRecord, SubscriptionState, UserRecord
+from kavach.records import (
+    InboxEvent,
+    IngestResult,
+    SessionRecord,
+    SubscriptionState,
+    UserRecord,
+)
 
 #: The schema version the current code writes. Bump it with a new migration step.
 SCHEMA_VERSION = 1
@@ -123,6 +130,33 @@ class Store(Protocol):
         ``received``/``failed`` one gets ``attempts + 1`` and status ``received`` and is
         returned as ``(updated, False)``. Atomic: of N concurrent calls with one id, exactly
         one returns ``True``."""
+        ...
+
+    def ingest_event(
+        self, event: InboxEvent, state: SubscriptionState | None = None
+    ) -> IngestResult:
+        """Record a webhook delivery and apply its subscription state in ONE atomic step
+        (one transaction, one lock hold, one journal line).
+
+        * ``state`` given and ``state.user_id`` unknown: raise ``UserNotFoundError``,
+          write nothing.
+        * A ``processed`` row with ``event.webhook_id`` exists: change nothing; return
+          ``IngestResult(stored, created=False, applied=None)``.
+        * A ``received``/``failed`` row exists (a retry): ``attempts + 1``. If its outcome
+          is ``"applied"`` (an earlier attempt applied the state, then its callback
+          failed), the state is not applied again: ``applied=None``. Otherwise, as below.
+        * Otherwise, when ``state`` is given, the conditional write of
+          :meth:`apply_subscription` runs: ``applied`` is ``True`` or ``False``.
+
+        The row is written with status ``event.status`` (``received``, ``processed`` or
+        ``failed``); outcome ``"applied"`` when applied, ``"stale"`` when refused, else
+        ``event.outcome`` (an existing ``"applied"`` is never overwritten);
+        ``processed_at=event.processed_at`` when processed (required then: ``ValueError``
+        when missing); ``user_id``/``subscription_id`` from ``event``, else ``state``,
+        else the stored row. A new row takes everything else from ``event``; a retried one
+        keeps its payload, type and ``received_at``, and its ``last_error`` while it stays
+        ``received`` (as :meth:`record_event` followed by :meth:`finish_event` would).
+        Of N concurrent calls with one id, exactly one returns ``created=True``."""
         ...
 
     def finish_event(

@@ -19,7 +19,8 @@ Every operation takes the flock and first catches up with what other processes d
 if the snapshot was replaced (its inode, size or mtime changed) it is reloaded, and
 journal lines beyond the ones this process has read are applied. The rules are then
 checked against up-to-date tables and the change appended while the exclusive lock is
-held, so the conditional write and ``record_event`` are atomic across processes too.
+held, so the conditional write, ``record_event`` and ``ingest_event`` (inbox row and
+conditional write: one journal line) are atomic across processes too.
 
 When the journal holds more than ``compact_after`` lines *and* more bytes than the
 snapshot, the writer compacts: a new snapshot with ``generation + 1``, then the journal
@@ -48,7 +49,13 @@ from datetime import datetime
 from typing import Any
 
 from kavach.errors import StoreCorruptError, StoreError
-from kavach.records import InboxEvent, SessionRecord, SubscriptionState, UserRecord
+from kavach.records import (
+    InboxEvent,
+    IngestResult,
+    SessionRecord,
+    SubscriptionState,
+    UserRecord,
+)
 from kavach.stores import _rules
 from kavach.stores._codec import Record, as_utc, from_json, to_json, utc_record
 from kavach.stores._tables import Change, Tables
@@ -277,7 +284,7 @@ class JsonFileStore:
             number = self._journal_lines + 1
             try:
                 entry = json.loads(data[position:end])
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # deep nesting: RecursionError
                 if end + 1 == len(data):
                     return  # a torn last line: an uncommitted write, skipped
                 raise StoreCorruptError(
@@ -301,9 +308,9 @@ class JsonFileStore:
             raise StoreCorruptError(f"{where} belongs to a snapshot that is not there")
         try:
             change = _decode_change(entry)
+            self._tables.apply(change)  # wrong-typed fields (an int email) fail here
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StoreCorruptError(f"{where}: malformed record ({exc!r})") from exc
-        self._tables.apply(change)
 
     # -- writing --------------------------------------------------------------------------
     def _commit(self, change: Change) -> None:
@@ -497,6 +504,20 @@ class JsonFileStore:
             if change is not None:
                 self._commit(change)
             return stored, is_new
+
+    def ingest_event(
+        self, event: InboxEvent, state: SubscriptionState | None = None
+    ) -> IngestResult:
+        """Record a delivery and apply its state in one step; see
+        :meth:`kavach.stores.base.Store.ingest_event`."""
+        event = utc_record(event)
+        if state is not None:
+            state = utc_record(state)
+        with self._locked(writing=True) as tables:
+            change, result = tables.plan_ingest_event(event, state)
+            if change is not None:
+                self._commit(change)
+            return result
 
     def finish_event(
         self,

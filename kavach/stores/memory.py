@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from kavach.errors import StoreError
-from kavach.records import InboxEvent, SessionRecord, SubscriptionState, UserRecord
+from kavach.records import (
+    InboxEvent,
+    IngestResult,
+    SessionRecord,
+    SubscriptionState,
+    UserRecord,
+)
 from kavach.stores import _rules
 from kavach.stores._codec import as_utc, utc_record
 from kavach.stores._tables import Tables
@@ -170,6 +176,21 @@ class MemoryStore:
             if change is not None:
                 tables.apply(change)
             return stored, is_new
+
+    def ingest_event(
+        self, event: InboxEvent, state: SubscriptionState | None = None
+    ) -> IngestResult:
+        """Record a delivery and apply its state in one step; see
+        :meth:`kavach.stores.base.Store.ingest_event`."""
+        event = utc_record(event)
+        if state is not None:
+            state = utc_record(state)
+        with self._lock:
+            tables = self._tables_open()
+            change, result = tables.plan_ingest_event(event, state)
+            if change is not None:
+                tables.apply(change)
+            return result
 
     def finish_event(
         self,

@@ -43,6 +43,22 @@ def record_events(url: str, webhook_ids: list[str], start_at: float) -> list[tup
         store.close()
 
 
+def ingest_events(
+    url: str, user_id: str, webhook_ids: list[str], start_at: float
+) -> list[tuple[str, bool]]:
+    """``ingest_event`` for each id, the n-th carrying version n of ``sub1``:
+    ``[(webhook_id, created), ...]``."""
+    store = open_store(url)
+    try:
+        _wait_until(start_at)
+        return [
+            (wid, store.ingest_event(event(wid), state("sub1", user_id, n)).created)
+            for n, wid in enumerate(webhook_ids, start=1)
+        ]
+    finally:
+        store.close()
+
+
 def open_and_read_version(url: str, start_at: float) -> int:
     """Open the store (running migrations if needed) and return its schema version."""
     _wait_until(start_at)

@@ -519,6 +519,110 @@ class StoreContract:
         store.apply_subscription(full)
         assert store.get_subscription("sub_full") == full
 
+    # -- webhook ingest: inbox row and conditional write in one step ---------------------
+    def test_ingest_new_event_with_newer_state_creates_and_applies(self, store: Store) -> None:
+        store.create_user(user("u1"))
+        result = store.ingest_event(event("wh1"), state(version=3))
+        assert (result.created, result.applied) == (True, True)
+        assert (result.event.status, result.event.outcome) == ("received", "applied")
+        assert (result.event.user_id, result.event.subscription_id) == ("u1", "sub1")
+        assert store.get_event("wh1") == result.event
+        assert store.get_subscription("sub1") == state(version=3)
+
+    def test_ingest_applied_state_sets_the_mirror_columns(self, store: Store) -> None:
+        store.create_user(user("u1"))
+        store.ingest_event(event("wh1"), state(version=3, status="trialing"))
+        mirrored = store.get_user("u1")
+        assert mirrored is not None
+        assert (mirrored.polar_subscription_status, mirrored.polar_subscription_version) == (
+            "trialing",
+            3,
+        )
+
+    def test_ingest_as_processed_stores_status_and_processed_at(self, store: Store) -> None:
+        store.create_user(user("u1"))
+        at = T0 + timedelta(seconds=2)
+        result = store.ingest_event(event("wh1", status="processed", processed_at=at), state())
+        assert (result.event.status, result.event.processed_at) == ("processed", at)
+        assert store.get_event("wh1") == result.event
+
+    def test_ingest_as_processed_without_processed_at_raises_value_error(
+        self, store: Store
+    ) -> None:
+        with pytest.raises(ValueError):
+            store.ingest_event(event("wh1", status="processed"))
+        assert store.get_event("wh1") is None
+
+    def test_ingest_duplicate_of_processed_event_changes_nothing(self, store: Store) -> None:
+        store.create_user(user("u1"))
+        first = store.ingest_event(event("wh1", status="processed", processed_at=T0), state())
+        again = store.ingest_event(
+            event("wh1", received_at=T0 + timedelta(1), status="processed", processed_at=T0),
+            state(version=2),
+        )
+        assert (again.event, again.created, again.applied) == (first.event, False, None)
+        assert store.get_event("wh1") == first.event
+        assert store.get_subscription("sub1") == state(version=1)
+
+    def test_ingest_retry_of_failed_applied_event_does_not_apply_again(
+        self, store: Store
+    ) -> None:
+        store.create_user(user("u1"))
+        store.ingest_event(event("wh1"), state(version=1))
+        store.finish_event("wh1", status="failed", at=T0, error="callback raised")
+        retry = store.ingest_event(event("wh1"), state(version=2))
+        assert (retry.created, retry.applied) == (False, None)
+        assert (retry.event.attempts, retry.event.status, retry.event.outcome) == (
+            2,
+            "received",
+            "applied",
+        )
+        assert store.get_subscription("sub1") == state(version=1)
+
+    def test_ingest_retry_of_failed_unapplied_event_applies(self, store: Store) -> None:
+        store.create_user(user("u1"))
+        store.record_event(event("wh1"))
+        store.finish_event("wh1", status="failed", at=T0, error="store down")
+        retry = store.ingest_event(event("wh1"), state(version=2))
+        assert (retry.created, retry.applied, retry.event.outcome) == (False, True, "applied")
+        assert (retry.event.attempts, retry.event.last_error) == (2, "store down")
+        assert store.get_subscription("sub1") == state(version=2)
+
+    def test_ingest_retry_finished_as_processed_clears_the_error(self, store: Store) -> None:
+        store.record_event(event("wh1"))
+        store.finish_event("wh1", status="failed", at=T0, error="boom")
+        at = T0 + timedelta(seconds=5)
+        retry = store.ingest_event(
+            event("wh1", status="processed", processed_at=at, outcome="ignored")
+        )
+        assert (retry.event.status, retry.event.processed_at, retry.event.last_error) == (
+            "processed",
+            at,
+            None,
+        )
+        assert (retry.event.outcome, retry.event.attempts) == ("ignored", 2)
+
+    def test_ingest_stale_state_records_outcome_stale(self, store: Store) -> None:
+        store.create_user(user("u1"))
+        store.apply_subscription(state(version=5))
+        result = store.ingest_event(event("wh1"), state(version=5, status="canceled"))
+        assert (result.created, result.applied, result.event.outcome) == (True, False, "stale")
+        assert store.get_subscription("sub1") == state(version=5)
+
+    def test_ingest_without_state_keeps_the_outcome_given(self, store: Store) -> None:
+        result = store.ingest_event(
+            event("wh1", status="processed", processed_at=T0, outcome="unmatched")
+        )
+        assert (result.created, result.applied) == (True, None)
+        assert (result.event.status, result.event.outcome) == ("processed", "unmatched")
+        assert store.get_event("wh1") == result.event
+
+    def test_ingest_for_unknown_user_raises_and_writes_nothing(self, store: Store) -> None:
+        with pytest.raises(UserNotFoundError):
+            store.ingest_event(event("wh1"), state(user_id="nobody"))
+        assert store.get_event("wh1") is None
+        assert store.get_subscription("sub1") is None
+
     # -- datetimes ----------------------------------------------------------------------
     def test_datetimes_come_back_aware_utc_with_microseconds(self, store: Store) -> None:
         india = timezone(timedelta(hours=5, minutes=30))
@@ -599,6 +703,23 @@ class StoreContract:
         stored = store.get_event("wh_race")
         assert stored is not None and stored.attempts == 8
 
+    def test_threads_racing_ingest_event_have_exactly_one_creator(self, store: Store) -> None:
+        store.create_user(user("u1"))
+        barrier = threading.Barrier(8)
+
+        def worker(_: int) -> tuple[bool, bool | None]:
+            barrier.wait()
+            result = store.ingest_event(event("wh_race"), state(version=1))
+            return result.created, result.applied
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(worker, range(8)))
+        assert [created for created, _ in results].count(True) == 1
+        assert (True, True) in results  # the creator applied the state; nobody else did
+        assert [applied for _, applied in results].count(True) == 1
+        stored = store.get_event("wh_race")
+        assert stored is not None and (stored.attempts, stored.outcome) == (8, "applied")
+
     def test_processes_racing_the_conditional_write_end_on_the_newest(
         self, store: Store, store_url: str | None, request: pytest.FixtureRequest
     ) -> None:
@@ -634,6 +755,26 @@ class StoreContract:
             stored = store.get_event(webhook_id)
             assert stored is not None and stored.attempts == 4
 
+    def test_processes_racing_ingest_event_have_exactly_one_creator_per_id(
+        self, store: Store, store_url: str | None, request: pytest.FixtureRequest
+    ) -> None:
+        if store_url is None:
+            pytest.skip(f"a {store.kind} store cannot be shared between processes")
+        process_pool: ProcessPoolExecutor = request.getfixturevalue("process_pool")
+        store.create_user(user("u1"))
+        ids = [f"wh{i}" for i in range(10)]
+        start_at = time.time() + 0.3
+        futures = [
+            process_pool.submit(_workers.ingest_events, store_url, "u1", ids, start_at)
+            for _ in range(4)
+        ]
+        results = [r for future in futures for r in future.result(timeout=60)]
+        for webhook_id in ids:
+            assert [created for wid, created in results if wid == webhook_id].count(True) == 1
+            stored = store.get_event(webhook_id)
+            assert stored is not None and stored.attempts == 4
+        assert store.get_subscription("sub1") == state(version=len(ids))
+
     # -- persistence --------------------------------------------------------------------
     def test_reopen_keeps_everything(self, store: Store, reopen: Reopen | None) -> None:
         if reopen is None:
@@ -660,6 +801,20 @@ class StoreContract:
         assert done is not None and (done.status, done.outcome) == ("processed", "applied")
         assert again.apply_subscription(state(version=3)) is False
         assert again.schema_version() == SCHEMA_VERSION
+
+
+    def test_reopen_keeps_an_ingested_delivery(self, store: Store, reopen: Reopen | None) -> None:
+        if reopen is None:
+            pytest.skip(f"a {store.kind} store keeps nothing")
+        store.create_user(user("u1"))
+        result = store.ingest_event(event("wh1"), state(version=4))
+        store.close()
+
+        again = reopen()
+        assert again.get_event("wh1") == result.event
+        assert again.get_subscription("sub1") == state(version=4)
+        mirrored = again.get_user("u1")
+        assert mirrored is not None and mirrored.polar_subscription_version == 4
 
 
 def assert_race_won_by_newest(store: Store, results: list[tuple[int, bool]], newest: int) -> None:

@@ -91,6 +91,20 @@ def test_each_write_appends_exactly_one_journal_line(
     assert all(line.endswith(b"\n") for line in journal_lines(path))
 
 
+def test_ingest_event_appends_one_journal_line_and_replays_it(
+    open_json: Callable[..., JsonFileStore], path: Path
+) -> None:
+    store = open_json()
+    store.create_user(user("u1"))
+    result = store.ingest_event(event("wh1"), state(version=1))
+    assert len(journal_lines(path)) == 2
+    again = open_json()
+    assert again.get_event("wh1") == result.event
+    assert again.get_subscription("sub1") == state(version=1)
+    mirrored = again.get_user("u1")
+    assert mirrored is not None and mirrored.polar_subscription_id == "sub1"
+
+
 def test_reads_and_refused_writes_append_nothing(
     open_json: Callable[..., JsonFileStore], path: Path
 ) -> None:
