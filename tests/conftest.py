@@ -2,7 +2,7 @@
 
 Cassettes (pytest-recording / VCR.py): they live in the top-level ``cassettes/`` folder as
 ``cassettes/<test module>/<test name>.yaml`` and replay by default (record mode ``none``;
-``--record-mode=rewrite`` re-records, see docs/cassettes.md). Whatever is recorded passes
+``--record-mode=rewrite`` re-records, see the README, "Recording cassettes"). Whatever is recorded passes
 through :func:`redact_request` / :func:`redact_response` first, so no token reaches a file.
 """
 
