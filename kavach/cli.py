@@ -6,6 +6,8 @@
                  [--trusted-origin URL ...] [--timeout 30] [--fake-polar]
     kavach users create EMAIL [--name NAME] [--password-stdin] [--database URL]
     kavach migrate [--database URL]
+    kavach polar trigger EVENT --to URL [--secret S] [--user ID] [--derivation D]
+    kavach polar doctor [--webhook-url URL] [--api-url URL]
 
 ``serve`` reads ``POLAR_ACCESS_TOKEN``, ``POLAR_WEBHOOK_SECRET``, ``POLAR_SANDBOX`` (1/0),
 ``POLAR_ORGANIZATION_ID``, ``POLAR_API_URL``, ``KAVACH_DATABASE_URL`` and
@@ -203,6 +205,10 @@ def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 fake.add_webhook_endpoint(
                     server.url + kavach.config.base_path + "/auth/polar/webhook"
                 )
+                from kavach.http.demo import demo_router  # the offline demo page at /
+
+                server.router = demo_router(kavach, fake.url, "polar_oat_fake")
+                logger.info("offline demo at %s/", server.url)
 
         serve(kavach, settings.host, settings.port, timeout=settings.timeout, on_ready=ready)
     return 0
@@ -309,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", help="create or upgrade the tables and print the schema version"
     )
     _add_database(migrate)
+
+    from kavach.cli_polar import add_polar_commands  # kavach polar trigger|doctor|...
+
+    add_polar_commands(commands)
     return parser
 
 
@@ -329,6 +339,10 @@ def main(
             return _run_serve(args, env)
         if args.command == "users":
             return _run_users_create(args, env, stdin or sys.stdin, stdout or sys.stdout)
+        if args.command == "polar":
+            from kavach.cli_polar import run_polar
+
+            return run_polar(args, env, stdout or sys.stdout)
         return _run_migrate(args, env, stdout or sys.stdout)
     except (CliError, ConfigurationError) as exc:
         print(f"kavach: error: {exc}", file=sys.stderr)
