@@ -37,7 +37,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kavach.records import SubscriptionState, UserRecord
-from kavach.stores import Store, normalize_email
+from kavach.stores import SCHEMA_VERSION, Store, normalize_email
 from kavach.stores._codec import to_json
 from kavach.stores.jsonfile import SNAPSHOT_FORMAT, JsonFileStore
 from kavach.stores.memory import MemoryStore
@@ -96,7 +96,7 @@ def seed_json(path: Path, users: list[UserRecord]) -> None:
     JsonFileStore(path).close()  # creates the files
     snapshot = {
         "format": SNAPSHOT_FORMAT,
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "generation": 1,
         "users": [to_json(u) for u in users],
         "sessions": [],

@@ -34,6 +34,7 @@ from kavach.errors import (
     UserNotFoundError,
     WebhookCallbackError,
     WebhookError,
+    WebhookInProgressError,
     WebhookPayloadError,
     WebhookVerificationError,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "UserNotFoundError",
     "WebhookCallbackError",
     "WebhookError",
+    "WebhookInProgressError",
     "WebhookPayloadError",
     "WebhookVerificationError",
     "__version__",

@@ -223,3 +223,21 @@ class WebhookCallbackError(WebhookError):
         )
         self.webhook_id = webhook_id
         self.cause = cause
+
+
+class WebhookInProgressError(WebhookError):
+    """Another request is processing this delivery right now (its callback is running).
+
+    The copy is not processed: answer 503 with ``Retry-After: retry_after`` and Polar
+    retries it later, when it finds the delivery processed (a duplicate) or, should the
+    other request have failed, runs it then. ``retry_after`` is whole seconds until the
+    other request's claim ends (at least 1).
+    """
+
+    def __init__(self, webhook_id: str, retry_after: int) -> None:
+        super().__init__(
+            f"webhook {webhook_id!r} is being processed by another request; "
+            f"retry in {retry_after} s"
+        )
+        self.webhook_id = webhook_id
+        self.retry_after = retry_after

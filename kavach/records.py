@@ -78,6 +78,9 @@ class SubscriptionState:
 
 #: Inbox statuses: ``received`` (recorded, not yet finished), ``processed`` (done,
 #: a redelivery is a duplicate), ``failed`` (an error happened; a redelivery retries).
+#: An unprocessed row whose ``claimed_until`` lies ahead is *in flight*: a request is
+#: still working on it (running the application's callback), and concurrent copies of
+#: the delivery must wait rather than do the work a second time.
 INBOX_STATUSES = ("received", "processed", "failed")
 #: Inbox outcomes: what the delivery did once its work ran.
 INBOX_OUTCOMES = ("applied", "stale", "unmatched", "ignored", "foreign_organization")
@@ -98,6 +101,10 @@ class InboxEvent:
     last_error: str | None = None
     user_id: str | None = None
     subscription_id: str | None = None
+    #: The claim (lease) of the request working on this delivery: until then, a copy of
+    #: the same delivery is answered "in progress" instead of running its work again.
+    #: ``None`` when no request holds it (always so once processed or failed).
+    claimed_until: datetime | None = None
 
 
 @attrs.frozen
@@ -109,11 +116,16 @@ class IngestResult:
     (``True``) or refused as not newer (``False``); it is ``None`` when no state was
     given or no write was attempted (a processed duplicate, or a retry of a delivery
     whose state an earlier attempt already applied).
+
+    ``in_flight`` is ``True`` when another request holds an unexpired claim on the
+    delivery (see :attr:`InboxEvent.claimed_until`): nothing was written, ``event`` is
+    the stored row, ``created`` is ``False`` and ``applied`` is ``None``.
     """
 
     event: InboxEvent
     created: bool
     applied: bool | None
+    in_flight: bool = False
 
 
 def subscription_rank(state: SubscriptionState) -> tuple[int, float, int]:

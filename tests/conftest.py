@@ -2,8 +2,9 @@
 
 Cassettes (pytest-recording / VCR.py): they live in the top-level ``cassettes/`` folder as
 ``cassettes/<test module>/<test name>.yaml`` and replay by default (record mode ``none``;
-``--record-mode=rewrite`` re-records, see the README, "Recording cassettes"). Whatever is recorded passes
-through :func:`redact_request` / :func:`redact_response` first, so no token reaches a file.
+``--record-mode=rewrite`` re-records, see the README, "Recording cassettes"). Whatever is
+recorded passes through :func:`redact_request` / :func:`redact_response` first, so no
+token reaches a file.
 """
 
 from __future__ import annotations

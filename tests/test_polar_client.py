@@ -42,7 +42,8 @@ from kavach.polar.models import Checkout, CheckoutStatus, CustomerSession, make_
 F = TypeVar("F", bound=Callable[..., Any])
 
 TOKEN = "polar_oat_t0pS3cretT0kenValue0123456789abcdef"
-# Re-recording (README, "Recording cassettes") uses your sandbox token and objects; replay uses these.
+# Re-recording (README, "Recording cassettes") uses your sandbox token and objects;
+# replay uses these.
 SANDBOX_TOKEN = os.environ.get("POLAR_ACCESS_TOKEN", "polar_oat_replay_only")
 PRODUCT_ID = os.environ.get("POLAR_SANDBOX_PRODUCT_ID", "8f0c4a57-2d1e-4b63-9a4f-0e2d6c1b7a10")
 SUBSCRIPTION_ID = "b7e3f0c2-1d4a-4e5f-8a9b-0c1d2e3f4a5b"  # only in replay-only cassettes

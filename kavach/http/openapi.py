@@ -418,6 +418,11 @@ def _paths() -> dict[str, Any]:
                     "404": _NOT_CONFIGURED,
                     "413": _TOO_LARGE,
                     "500": _error("The subscription callback failed; Polar retries."),
+                    "503": _error(
+                        "Another request is processing this delivery (`error`: "
+                        "`in_progress`); retry after the `Retry-After` seconds.",
+                        **{"Retry-After": _RETRY_AFTER},
+                    ),
                 },
             }
         },

@@ -13,6 +13,7 @@ from kavach.errors import (
     PolarPermissionError,
     UserNotFoundError,
     WebhookCallbackError,
+    WebhookInProgressError,
     WebhookPayloadError,
     WebhookVerificationError,
 )
@@ -222,7 +223,8 @@ def checkout_status(ctx: HttpContext, request: Request, checkout_id: str) -> Res
 
 def webhook(ctx: HttpContext, request: Request) -> Response:
     """``POST /auth/polar/webhook``: hand the raw body and headers to the plugin, which
-    verifies the signature (no session, no CSRF check: the signature is the auth)."""
+    verifies the signature (no session, no CSRF check: the signature is the auth). A copy
+    of a delivery another request is still processing gets 503 with ``Retry-After``."""
     plugin = _plugin(ctx)
     try:
         outcome = plugin.handle_webhook(request.body, request.headers)
@@ -236,6 +238,13 @@ def webhook(ctx: HttpContext, request: Request) -> Response:
     except WebhookCallbackError as exc:
         logger.error("webhook callback failed: %s", exc, exc_info=exc.cause)
         raise HttpError(500, "callback_failed", "the subscription callback failed") from None
+    except WebhookInProgressError as exc:
+        raise HttpError(
+            503,
+            "in_progress",
+            "this delivery is being processed by another request; retry later",
+            headers=[("Retry-After", str(exc.retry_after))],
+        ) from None
     return Response.json(outcome.status_code, outcome.to_json())
 
 

@@ -8,6 +8,7 @@ subscription belongs to, and when state may change (see design.md, "Webhooks").
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from kavach.errors import (
     PolarNotFoundError,
     UserNotFoundError,
     WebhookCallbackError,
+    WebhookInProgressError,
     WebhookPayloadError,
     WebhookVerificationError,
 )
@@ -71,6 +73,8 @@ SUBSCRIPTION_EVENTS = frozenset(
 #: The metadata key kavach puts on checkouts (Polar copies it onto the subscription).
 USER_ID_METADATA_KEY = "kavach_user_id"
 DEFAULT_MAX_WEBHOOK_BODY = 1024 * 1024
+#: How long (seconds) a delivery whose callback is running blocks concurrent copies of it.
+DEFAULT_WEBHOOK_CLAIM_SECONDS = 60.0
 
 SubscriptionCallback = Callable[[str, PolarSubscription], object]
 
@@ -173,7 +177,8 @@ def _validated_secret(value: object, field: str) -> str:
 class PolarPlugin:
     """Polar checkouts and subscription webhooks for a :class:`~kavach.core.Kavach`.
 
-    Build it with :func:`polar` and pass it to ``create_kavach(plugins=[...])``.
+    Build it with :func:`polar` (which documents the options) and pass it to
+    ``create_kavach(plugins=[...])``.
     """
 
     name = "polar"
@@ -193,6 +198,7 @@ class PolarPlugin:
         webhook_tolerance: int = DEFAULT_TOLERANCE_SECONDS,
         max_webhook_body: int = DEFAULT_MAX_WEBHOOK_BODY,
         past_due_grace: timedelta = timedelta(0),
+        webhook_claim_seconds: float = DEFAULT_WEBHOOK_CLAIM_SECONDS,
     ) -> None:
         token = _validated_secret(access_token, "access_token")
         secret = _validated_secret(webhook_secret, "webhook_secret")
@@ -215,6 +221,17 @@ class PolarPlugin:
             )
         if max_webhook_body <= 0:
             raise ConfigurationError("max_webhook_body must be positive", field="max_webhook_body")
+        if (
+            isinstance(webhook_claim_seconds, bool)
+            or not isinstance(webhook_claim_seconds, int | float)
+            or not math.isfinite(webhook_claim_seconds)
+            or webhook_claim_seconds <= 0
+        ):
+            raise ConfigurationError(
+                "webhook_claim_seconds must be a positive number of seconds",
+                field="webhook_claim_seconds",
+            )
+        self.webhook_claim_seconds = float(webhook_claim_seconds)
         self.sandbox = bool(sandbox)
         self.base_url = base_url or (SANDBOX_API_URL if self.sandbox else PRODUCTION_API_URL)
         self.organization_id = organization_id
@@ -476,12 +493,15 @@ class PolarPlugin:
         Raises :class:`WebhookVerificationError` (answer 400, or 413 for reason
         ``body_too_large``) when the delivery is not genuine or not JSON,
         :class:`WebhookPayloadError` (400) when the verified JSON is not an event envelope,
-        and :class:`WebhookCallbackError` (answer 5xx so Polar retries) when
-        ``on_subscription_change`` raised. Store errors propagate (answer 5xx).
+        :class:`WebhookCallbackError` (answer 5xx so Polar retries) when
+        ``on_subscription_change`` raised, and :class:`WebhookInProgressError` (answer 503
+        with ``Retry-After``) when another request is running this delivery's callback
+        right now. Store errors propagate (answer 5xx).
 
         One store commit per delivery (:meth:`~kavach.stores.base.Store.ingest_event`:
         inbox row and guarded write together); a second one, marking it processed, only
-        when ``on_subscription_change`` is set.
+        when ``on_subscription_change`` is set. With a callback, the first commit also
+        claims the delivery for ``webhook_claim_seconds``, and the second releases it.
         """
         if len(body) > self.max_webhook_body:
             raise WebhookVerificationError(
@@ -534,18 +554,28 @@ class PolarPlugin:
             return self._fail(delivery, str(exc), user_id=user.id)
         callback = self.on_subscription_change
         # Without a callback the delivery is done once ingested; with one, it stays
-        # "received" until the callback returned.
+        # "received", claimed by this request, until the callback returned: a copy of it
+        # arriving meanwhile finds it in flight instead of running the callback again.
         status = "processed" if callback is None else "received"
+        claimed_until = None
+        if callback is not None:
+            claimed_until = delivery.received_at + timedelta(seconds=self.webhook_claim_seconds)
         store = self._store
         result = store.ingest_event(
-            delivery.event(status, user_id=user.id, subscription_id=state.id), state
+            delivery.event(
+                status, user_id=user.id, subscription_id=state.id, claimed_until=claimed_until
+            ),
+            state,
         )
+        _raise_if_in_flight(result, delivery)
         if _is_duplicate(result, status, delivery.seen):
             return _duplicate(result.event, delivery.event_type)
         applied = result.applied
         if applied is None:
-            # An earlier attempt committed this state but its callback failed: run it again,
-            # unless a newer change has been applied (and notified) since.
+            # An earlier attempt committed this state but never finished: its callback
+            # failed, or its process died (its claim ran out). This request claimed the
+            # delivery (ingest_event wrote the claim): run the callback again, unless a
+            # newer change has been applied (and notified) since.
             stored = store.get_subscription(state.id)
             applied = stored is None or stored.version <= state.version
             if not applied:
@@ -629,6 +659,7 @@ class PolarPlugin:
         """Record a delivery that changes no state as processed with ``outcome``."""
         event = delivery.event("processed", outcome=outcome)
         result = self._store.ingest_event(event)
+        _raise_if_in_flight(result, delivery)
         if _is_duplicate(result, event.status, delivery.seen):
             return _duplicate(result.event, delivery.event_type)
         return WebhookOutcome(delivery.webhook_id, delivery.event_type, outcome)
@@ -640,6 +671,7 @@ class PolarPlugin:
         ``WebhookPayloadError``), unless the delivery turns out to be a duplicate."""
         event = delivery.event("failed", error=reason, user_id=user_id)
         result = self._store.ingest_event(event)
+        _raise_if_in_flight(result, delivery)
         if _is_duplicate(result, event.status, delivery.seen):
             return _duplicate(result.event, delivery.event_type)
         raise WebhookPayloadError("bad_subscription", reason)
@@ -664,6 +696,7 @@ class _Delivery:
         error: str | None = None,
         user_id: str | None = None,
         subscription_id: str | None = None,
+        claimed_until: datetime | None = None,
     ) -> InboxEvent:
         """The inbox row to ingest for this delivery."""
         return InboxEvent(
@@ -677,7 +710,21 @@ class _Delivery:
             last_error=error,
             user_id=user_id,
             subscription_id=subscription_id,
+            claimed_until=claimed_until,
         )
+
+
+def _raise_if_in_flight(result: IngestResult, delivery: _Delivery) -> None:
+    """Raise :class:`WebhookInProgressError` when ``ingest_event`` found the delivery
+    claimed by another request (and so changed nothing)."""
+    if not result.in_flight:
+        return
+    claimed_until = result.event.claimed_until
+    remaining = 0.0
+    if claimed_until is not None:
+        remaining = (claimed_until - delivery.received_at).total_seconds()
+    log.info("webhook %s is in flight elsewhere; answering retry later", delivery.webhook_id)
+    raise WebhookInProgressError(delivery.webhook_id, retry_after=max(1, math.ceil(remaining)))
 
 
 def _duplicate(stored: InboxEvent, event_type: str) -> WebhookOutcome:
@@ -726,12 +773,21 @@ def polar(
     webhook_tolerance: int = DEFAULT_TOLERANCE_SECONDS,
     max_webhook_body: int = DEFAULT_MAX_WEBHOOK_BODY,
     past_due_grace: timedelta = timedelta(0),
+    webhook_claim_seconds: float = DEFAULT_WEBHOOK_CLAIM_SECONDS,
 ) -> PolarPlugin:
     """The Polar plugin, configured and validated at once.
 
     ``sandbox=True`` talks to ``https://sandbox-api.polar.sh``; ``base_url`` overrides the
     API host (a proxy, or :class:`kavach.testing.FakePolar`). An empty ``access_token`` or
     ``webhook_secret`` raises ``ConfigurationError`` naming the field.
+
+    ``webhook_claim_seconds`` (default 60) is how long a delivery whose
+    ``on_subscription_change`` callback is running blocks concurrent copies of it (the same
+    ``webhook-id`` arriving at another worker or process): they are answered 503 with
+    ``Retry-After`` (:class:`~kavach.errors.WebhookInProgressError`) instead of running the
+    callback a second time. Set it above the longest your callback may take; once it
+    passes, the delivery is presumed crashed and a copy runs the callback again. Polar
+    gives up on an attempt after 10 s and retries later, so the default leaves ample room.
     """
     return PolarPlugin(
         access_token,
@@ -746,4 +802,5 @@ def polar(
         webhook_tolerance=webhook_tolerance,
         max_webhook_body=max_webhook_body,
         past_due_grace=past_due_grace,
+        webhook_claim_seconds=webhook_claim_seconds,
     )

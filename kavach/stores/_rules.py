@@ -81,6 +81,17 @@ def redelivered(stored: InboxEvent) -> InboxEvent | None:
     return attrs.evolve(stored, attempts=stored.attempts + 1, status="received")
 
 
+def in_flight(stored: InboxEvent | None, at: datetime) -> bool:
+    """Whether ``stored`` is claimed by another request at ``at``: unprocessed, with a
+    ``claimed_until`` later than ``at``. ``ingest_event`` then changes nothing."""
+    return (
+        stored is not None
+        and stored.status != "processed"
+        and stored.claimed_until is not None
+        and stored.claimed_until > at
+    )
+
+
 def ingest_applies(stored: InboxEvent | None) -> bool:
     """Whether ``ingest_event`` over ``stored`` runs the conditional write.
 
@@ -104,6 +115,8 @@ def ingested(
         raise ValueError(f"inbox status must be one of {INBOX_STATUSES}, not {status!r}")
     if status == "processed" and event.processed_at is None:
         raise ValueError("an event ingested as processed needs its processed_at")
+    # A processed delivery has nothing left to protect: it never keeps a claim.
+    claimed_until = None if status == "processed" else event.claimed_until
     outcome: str | None
     if applied:
         outcome = "applied"
@@ -131,6 +144,7 @@ def ingested(
             last_error=event.last_error,
             user_id=user_id,
             subscription_id=subscription_id,
+            claimed_until=claimed_until,
         )
     return InboxEvent(
         webhook_id=stored.webhook_id,
@@ -144,6 +158,7 @@ def ingested(
         last_error=stored.last_error if status == "received" else event.last_error,
         user_id=stored.user_id if user_id is None else user_id,
         subscription_id=stored.subscription_id if subscription_id is None else subscription_id,
+        claimed_until=claimed_until,
     )
 
 
@@ -157,7 +172,8 @@ def finished(
     user_id: str | None,
     subscription_id: str | None,
 ) -> InboxEvent:
-    """``stored`` after ``finish_event``; see :meth:`kavach.stores.base.Store.finish_event`."""
+    """``stored`` after ``finish_event``; see :meth:`kavach.stores.base.Store.finish_event`.
+    Whatever the status, the claim is released (a failed delivery is free for the retry)."""
     if status not in INBOX_STATUSES:
         raise ValueError(f"inbox status must be one of {INBOX_STATUSES}, not {status!r}")
     keep_outcome = outcome is None or stored.outcome == "applied"
@@ -169,6 +185,7 @@ def finished(
         outcome=stored.outcome if keep_outcome else outcome,
         user_id=stored.user_id if user_id is None else user_id,
         subscription_id=stored.subscription_id if subscription_id is None else subscription_id,
+        claimed_until=None,
     )
 
 

@@ -179,6 +179,9 @@ class Tables:
         stored = self.events.get(event.webhook_id)
         if stored is not None and stored.status == "processed":
             return None, IngestResult(stored, created=False, applied=None)
+        if _rules.in_flight(stored, event.received_at):
+            assert stored is not None
+            return None, IngestResult(stored, created=False, applied=None, in_flight=True)
         applied: bool | None = None
         users = None
         if state is not None and _rules.ingest_applies(stored):

@@ -24,7 +24,8 @@ from kavach.records import (
 )
 
 #: The schema version the current code writes. Bump it with a new migration step.
-SCHEMA_VERSION = 1
+#: 2: the webhook inbox's ``claimed_until`` (the claim of a delivery in flight).
+SCHEMA_VERSION = 2
 
 
 def normalize_email(email: str) -> str:
@@ -128,8 +129,8 @@ class Store(Protocol):
         """Insert the delivery if its ``webhook_id`` is new and return ``(event, True)``.
         If it exists: a ``processed`` one is returned unchanged as ``(stored, False)``; a
         ``received``/``failed`` one gets ``attempts + 1`` and status ``received`` and is
-        returned as ``(updated, False)``. Atomic: of N concurrent calls with one id, exactly
-        one returns ``True``."""
+        returned as ``(updated, False)`` (its ``claimed_until`` kept as it is). Atomic: of N
+        concurrent calls with one id, exactly one returns ``True``."""
         ...
 
     def ingest_event(
@@ -142,15 +143,22 @@ class Store(Protocol):
           write nothing.
         * A ``processed`` row with ``event.webhook_id`` exists: change nothing; return
           ``IngestResult(stored, created=False, applied=None)``.
-        * A ``received``/``failed`` row exists (a retry): ``attempts + 1``. If its outcome
-          is ``"applied"`` (an earlier attempt applied the state, then its callback
-          failed), the state is not applied again: ``applied=None``. Otherwise, as below.
+        * A ``received``/``failed`` row exists whose ``claimed_until`` is later than
+          ``event.received_at`` (another request holds the delivery, running its
+          callback): change nothing; return
+          ``IngestResult(stored, created=False, applied=None, in_flight=True)``.
+        * A ``received``/``failed`` row exists (a retry, or the take-over of a claim that
+          ran out): ``attempts + 1``. If its outcome is ``"applied"`` (an earlier attempt
+          applied the state, then its callback failed or its process died), the state is
+          not applied again: ``applied=None``. Otherwise, as below.
         * Otherwise, when ``state`` is given, the conditional write of
           :meth:`apply_subscription` runs: ``applied`` is ``True`` or ``False``.
 
         The row is written with status ``event.status`` (``received``, ``processed`` or
-        ``failed``); outcome ``"applied"`` when applied, ``"stale"`` when refused, else
-        ``event.outcome`` (an existing ``"applied"`` is never overwritten);
+        ``failed``) and ``claimed_until=event.claimed_until`` (``None`` when processed: a
+        processed row holds no claim); outcome ``"applied"`` when applied, ``"stale"``
+        when refused, else ``event.outcome`` (an existing ``"applied"`` is never
+        overwritten);
         ``processed_at=event.processed_at`` when processed (required then: ``ValueError``
         when missing); ``user_id``/``subscription_id`` from ``event``, else ``state``,
         else the stored row. A new row takes everything else from ``event``; a retried one
@@ -171,7 +179,9 @@ class Store(Protocol):
         subscription_id: str | None = None,
     ) -> InboxEvent:
         """Set status (``processed``/``failed``), ``processed_at`` (when processed),
-        ``last_error`` and — when given (not ``None``) — outcome, user and subscription ids.
+        ``last_error`` and — when given (not ``None``) — outcome, user and subscription ids;
+        release the claim (``claimed_until=None``) whatever the status, so a failed
+        delivery is free for the retry.
         An ``"applied"`` outcome is never overwritten (a concurrent duplicate that found the
         state already written must not hide that this delivery applied it). Raises
         ``NotFoundError`` for an unknown id."""

@@ -6,7 +6,8 @@ Files, beside each other:
     The snapshot: readable JSON with ``format``, ``schema_version``, ``generation`` and
     the lists ``users``, ``sessions``, ``subscriptions`` and ``events`` (one record a line).
     It is only ever replaced whole, atomically (temp file, fsync, ``os.replace``, fsync of
-    the directory).
+    the directory). A snapshot of an older ``schema_version`` is read with the newer
+    fields' defaults and rewritten as current when the store opens.
 ``<path>.journal``
     Append-only JSON lines. Each line is one committed change (the records it puts and
     the sessions it deletes) tagged ``"g"`` with the snapshot generation it applies to.
@@ -146,7 +147,10 @@ class JsonFileStore:
         self._open_files()
         try:
             with self._locked(writing=True):
-                pass
+                if self._schema_version < SCHEMA_VERSION:
+                    # Upgrade: records of older versions read with the new fields' defaults
+                    # (version 2 added InboxEvent.claimed_until); rewrite them as current.
+                    self._compact()
             _fsync_directory(self._directory)
         except BaseException:
             self.close()
@@ -227,7 +231,6 @@ class JsonFileStore:
             raise StoreCorruptError(f"{self.path}: snapshot file is missing")
         self._tables = Tables()
         self._write_snapshot(generation=1)
-        self._schema_version = SCHEMA_VERSION
         self._journal_offset = self._journal_lines = self._journal_size = 0
         self._journal_stale = False
 
@@ -369,6 +372,7 @@ class JsonFileStore:
         self._snapshot_id = _file_id(st)
         self._snapshot_size = st.st_size
         self._generation = generation
+        self._schema_version = SCHEMA_VERSION
 
     def _snapshot_bytes(self, generation: int) -> bytes:
         tables = self._tables

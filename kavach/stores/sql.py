@@ -18,7 +18,9 @@ Tables (created on first open by versioned, idempotent migrations, see ``MIGRATI
     ``version`` BIGINT (the ordering guard's key).
 ``kavach_polar_events``
     the webhook inbox, every :class:`~kavach.records.InboxEvent` field; ``webhook_id`` PK,
-    ``payload`` TEXT (LONGTEXT on MySQL: bodies go up to 1 MiB).
+    ``payload`` TEXT (LONGTEXT on MySQL: bodies go up to 1 MiB); ``claimed_until``
+    (nullable datetime, added by migration 2) is the lease of the request running the
+    delivery's callback.
 ``kavach_schema``
     one row per applied migration: ``version``, ``applied_at``.
 
@@ -57,9 +59,10 @@ that hits a deadlock or serialization failure is retried (up to 3 times).
 **Webhook ingest** (``ingest_event``) runs the same steps in one transaction with the
 inbox row: lock the user row, lock the inbox row (``SELECT ... FOR UPDATE``), do the
 conditional write (shared code with ``apply_subscription``), then insert or update the
-inbox row — one commit, so one fsync on SQLite. When another transaction inserts the same
-``webhook_id`` between the read and the insert, the transaction is rolled back and run
-again, now as a retry of the existing row.
+inbox row — one commit, so one fsync on SQLite. A row found (under that lock) with an
+unexpired ``claimed_until`` is in flight elsewhere: nothing is written. When another
+transaction inserts the same ``webhook_id`` between the read and the insert, the
+transaction is rolled back and run again, now as a retry of the existing row.
 
 Connections are per thread (Peewee's default), opened lazily. An in-memory SQLite
 database (``sqlite://:memory:``) has a single connection shared by all threads, with
@@ -286,6 +289,7 @@ _EVENT_UPDATE_COLUMNS = (
     "last_error",
     "user_id",
     "subscription_id",
+    "claimed_until",
 )
 
 
@@ -392,17 +396,27 @@ class _Models:
     sessions: Any
     subscriptions: Any
     events: Any
+    #: The column type of datetimes (naive UTC) in this dialect.
+    timestamp_type: str
+
+
+#: Datetime column types: naive UTC (SQLite: ``YYYY-MM-DD HH:MM:SS.ffffff`` text).
+_TIMESTAMP_TYPES: dict[Dialect, str] = {
+    "sqlite": "DATETIME",
+    "postgres": "TIMESTAMP",
+    "mysql": "DATETIME(6)",
+}
 
 
 def _define_models(db: peewee.Database, dialect: Dialect, table_settings: list[str]) -> _Models:
-    """Model classes bound to ``db``, with the column types ``dialect`` needs."""
-    timestamp_type = {"sqlite": "DATETIME", "postgres": "TIMESTAMP", "mysql": "DATETIME(6)"}
+    """Model classes bound to ``db``, with the column types ``dialect`` needs. They are
+    the version-1 tables; later migrations alter them (see ``MIGRATIONS``)."""
     long_text_type = "LONGTEXT" if dialect == "mysql" else "TEXT"
 
     class UtcDateTimeField(peewee.Field):
         """Naive UTC; the store converts values itself."""
 
-        field_type = timestamp_type[dialect]
+        field_type = _TIMESTAMP_TYPES[dialect]
 
     class LongTextField(peewee.Field):
         """Up to 1 MiB of text (MySQL's TEXT stops at 64 KiB)."""
@@ -492,12 +506,18 @@ def _define_models(db: peewee.Database, dialect: Dialect, table_settings: list[s
         last_error = LongTextField(null=True)
         user_id = text_id(null=True)
         subscription_id = text_id(null=True)
+        # claimed_until: added by _migrate_to_v2.
 
         class Meta:
             table_name = EVENTS
 
     return _Models(
-        schema=SchemaVersion, users=User, sessions=Session, subscriptions=Subscription, events=Event
+        schema=SchemaVersion,
+        users=User,
+        sessions=Session,
+        subscriptions=Subscription,
+        events=Event,
+        timestamp_type=_TIMESTAMP_TYPES[dialect],
     )
 
 
@@ -520,9 +540,26 @@ def _migrate_to_v1(db: Any, models: _Models) -> None:
     _ensure_tables(db, [models.users, models.sessions, models.subscriptions, models.events])
 
 
+def _add_column(db: Any, table: str, column: str, definition: str) -> None:
+    """``ALTER TABLE table ADD COLUMN column definition`` unless the column exists (MySQL
+    DDL is not transactional: a step that crashed half-way is run again)."""
+    if any(existing.name == column for existing in db.get_columns(table)):
+        return
+    db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
+def _migrate_to_v2(db: Any, models: _Models) -> None:
+    """Version 2: ``kavach_polar_events.claimed_until``, the in-flight claim (lease) of a
+    delivery whose callback is running (NULL: unclaimed)."""
+    _add_column(db, EVENTS, "claimed_until", f"{models.timestamp_type} NULL")
+
+
 #: Schema migrations, in order: (version it brings the schema to, step). Each step is
 #: idempotent. Add a step (and bump ``SCHEMA_VERSION``) for every schema change.
-MIGRATIONS: tuple[tuple[int, Callable[[Any, _Models], None]], ...] = ((1, _migrate_to_v1),)
+MIGRATIONS: tuple[tuple[int, Callable[[Any, _Models], None]], ...] = (
+    (1, _migrate_to_v1),
+    (2, _migrate_to_v2),
+)
 
 
 # -- the store --------------------------------------------------------------------------
@@ -1045,6 +1082,9 @@ class SqlStore:
         stored = None if row is None else self._events.decode(row)
         if stored is not None and stored.status == "processed":
             return IngestResult(stored, created=False, applied=None)
+        if _rules.in_flight(stored, event.received_at):  # read under the row lock
+            assert stored is not None
+            return IngestResult(stored, created=False, applied=None, in_flight=True)
         applied: bool | None = None
         if state is not None and _rules.ingest_applies(stored):
             applied = self._write_state(state)

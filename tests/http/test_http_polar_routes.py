@@ -19,6 +19,7 @@ from http_support import (
 from kavach.errors import (
     PolarConnectionError,
     WebhookCallbackError,
+    WebhookInProgressError,
     WebhookPayloadError,
     WebhookVerificationError,
 )
@@ -263,6 +264,16 @@ def test_webhook_callback_failure_is_500_for_polar_to_retry(
     assert response.status_code == 500
     assert response.json()["error"] == "callback_failed"
     assert "hunter2" not in response.text
+
+
+def test_webhook_copy_of_a_delivery_in_flight_is_503_with_retry_after(
+    live: Live, polar_stub: StubPolarPlugin
+) -> None:
+    polar_stub.webhook_error = WebhookInProgressError("msg_1", retry_after=42)
+    response = webhook(live, b"{}", signed("msg_1"))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "42"
+    assert response.json()["error"] == "in_progress"
 
 
 def test_webhook_unexpected_error_is_500_without_details(

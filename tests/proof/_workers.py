@@ -2,7 +2,8 @@
 
 * :func:`ingest` — a webhook-ingesting worker for the multi-process test (spawned with
   ``multiprocessing``): its own ``Kavach`` on the shared store URL, every callback
-  invocation appended to a per-process file.
+  invocation appended to a per-process file; a delivery answered "in progress" is sent
+  again a little later, as Polar retries a 503.
 * ``python -m tests.proof._workers serve --database URL`` — a real kavach server process
   (``make_server``), for the crash and hostile-HTTP tests. It prints
   ``READY http://127.0.0.1:PORT`` on stdout once it listens.
@@ -16,6 +17,7 @@ import os
 import sys
 import time
 import traceback
+from collections import deque
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -42,6 +44,13 @@ def callback_key(sub: Any) -> list[Any]:
     ]
 
 
+#: How long a worker waits before retrying a delivery answered "in progress" (Polar waits
+#: for ``Retry-After``; here the other copy's callback is a file append, so it is brief).
+IN_PROGRESS_DELAY = 0.02
+#: How often one delivery may be answered "in progress" before the worker gives up on it.
+MAX_IN_PROGRESS = 500
+
+
 def ingest(
     url: str,
     secret: str,
@@ -54,16 +63,21 @@ def ingest(
     as Polar re-signs every attempt) to ``plugin.handle_webhook`` in order.
 
     Writes one JSON line per callback invocation to ``callback_path`` and, at the end,
-    ``{"outcomes": [[webhook_id, outcome], ...], "errors": [...], "seconds": ...}`` to
-    ``result_path``. A delivery that raises is retried (at most 3 attempts, as Polar
-    retries a 5xx); every exception is reported in ``errors``.
+    ``{"outcomes": [[webhook_id, outcome], ...], "errors": [...], "in_progress": n,
+    "seconds": ...}`` to ``result_path``. As Polar does: a delivery answered "in progress"
+    (``WebhookInProgressError``: another process is running its callback) is sent again
+    later — after :data:`IN_PROGRESS_DELAY`, while the worker goes on with the next ones —
+    and counted in ``in_progress`` (an error only past :data:`MAX_IN_PROGRESS` tries); a
+    delivery that raises anything else is retried at once (at most 3 attempts, as Polar
+    retries a 5xx) and every such exception is reported in ``errors``.
     """
-    from kavach import PasswordHasher, create_kavach
+    from kavach import PasswordHasher, WebhookInProgressError, create_kavach
     from kavach.auth import polar
     from kavach.polar.webhooks import sign_webhook
 
     outcomes: list[list[str]] = []
     errors: list[str] = []
+    in_progress = 0
     with open(callback_path, "a", encoding="utf-8") as calls:
 
         def on_change(user_id: str, sub: Any) -> None:
@@ -77,22 +91,47 @@ def ingest(
             on_subscription_change=on_change,
         )
         kavach = create_kavach(url, plugins=[plugin], password_hasher=PasswordHasher.fast())
+
+        def deliver(webhook_id: str, body: bytes) -> str | None:
+            """The outcome; ``None`` when the delivery is in progress elsewhere, ``""`` when
+            all three attempts raised."""
+            for attempt in range(3):
+                try:
+                    outcome = plugin.handle_webhook(
+                        body, sign_webhook(body, secret, msg_id=webhook_id)
+                    )
+                except WebhookInProgressError:
+                    return None
+                except Exception as exc:
+                    errors.append(
+                        f"{webhook_id} attempt {attempt + 1}: {type(exc).__name__}: {exc}"
+                    )
+                    continue
+                return str(outcome.outcome)
+            return ""
+
         try:
             barrier.wait(timeout=120)
             started = time.monotonic()
-            for webhook_id, body in deliveries:
-                for attempt in range(3):
-                    try:
-                        outcome = plugin.handle_webhook(
-                            body, sign_webhook(body, secret, msg_id=webhook_id)
-                        )
-                    except Exception as exc:
-                        errors.append(
-                            f"{webhook_id} attempt {attempt + 1}: {type(exc).__name__}: {exc}"
-                        )
-                        continue
-                    outcomes.append([webhook_id, outcome.outcome])
-                    break
+            todo = deque(deliveries)
+            later: deque[tuple[float, str, bytes, int]] = deque()  # (due, id, body, waits)
+            while todo or later:
+                if later and (not todo or later[0][0] <= time.monotonic()):
+                    due, webhook_id, body, waits = later.popleft()
+                    time.sleep(max(0.0, due - time.monotonic()))
+                else:
+                    webhook_id, body = todo.popleft()
+                    waits = 0
+                outcome = deliver(webhook_id, body)
+                if outcome is not None:
+                    if outcome:
+                        outcomes.append([webhook_id, outcome])
+                    continue
+                in_progress += 1
+                if waits + 1 >= MAX_IN_PROGRESS:
+                    errors.append(f"{webhook_id}: still in progress after {waits + 1} tries")
+                    continue
+                later.append((time.monotonic() + IN_PROGRESS_DELAY, webhook_id, body, waits + 1))
             seconds = time.monotonic() - started
         except BaseException:
             errors.append(traceback.format_exc())
@@ -100,7 +139,15 @@ def ingest(
         finally:
             kavach.close()
     with open(result_path, "w", encoding="utf-8") as out:
-        json.dump({"outcomes": outcomes, "errors": errors, "seconds": seconds}, out)
+        json.dump(
+            {
+                "outcomes": outcomes,
+                "errors": errors,
+                "in_progress": in_progress,
+                "seconds": seconds,
+            },
+            out,
+        )
 
 
 # -- the server process ----------------------------------------------------------------

@@ -623,6 +623,101 @@ class StoreContract:
         assert store.get_event("wh1") is None
         assert store.get_subscription("sub1") is None
 
+    # -- webhook ingest: the claim of a delivery in flight ---------------------------------
+    def test_ingest_of_a_delivery_claimed_by_another_request_changes_nothing(
+        self, store: Store
+    ) -> None:
+        store.create_user(user("u1"))
+        claim = T0 + timedelta(seconds=60)
+        first = store.ingest_event(event("wh1", claimed_until=claim), state(version=1))
+        assert first.event.claimed_until == claim
+        copy = store.ingest_event(
+            event(
+                "wh1",
+                received_at=T0 + timedelta(seconds=10),
+                claimed_until=T0 + timedelta(seconds=70),
+            ),
+            state(version=2),
+        )
+        assert (copy.in_flight, copy.created, copy.applied) == (True, False, None)
+        assert copy.event == first.event
+        assert store.get_event("wh1") == first.event  # attempts still 1, claim unchanged
+        assert store.get_subscription("sub1") == state(version=1)
+
+    def test_ingest_of_a_claimed_unapplied_delivery_changes_nothing(self, store: Store) -> None:
+        claim = T0 + timedelta(seconds=60)
+        first = store.ingest_event(event("wh1", claimed_until=claim))
+        copy = store.ingest_event(
+            event("wh1", status="processed", processed_at=T0, outcome="ignored")
+        )
+        assert (copy.in_flight, copy.event) == (True, first.event)
+        assert store.get_event("wh1") == first.event
+
+    def test_ingest_after_the_claim_ran_out_takes_the_delivery_over(self, store: Store) -> None:
+        store.create_user(user("u1"))
+        store.ingest_event(event("wh1", claimed_until=T0 + timedelta(seconds=60)), state())
+        later = T0 + timedelta(seconds=60)  # the claim ends at this instant: not in flight
+        new_claim = later + timedelta(seconds=60)
+        takeover = store.ingest_event(
+            event("wh1", received_at=later, claimed_until=new_claim), state(version=1)
+        )
+        assert (takeover.in_flight, takeover.created, takeover.applied) == (False, False, None)
+        assert (takeover.event.attempts, takeover.event.status, takeover.event.outcome) == (
+            2,
+            "received",
+            "applied",
+        )
+        assert takeover.event.claimed_until == new_claim
+        assert store.get_event("wh1") == takeover.event
+
+    def test_finish_event_releases_the_claim_whatever_the_status(self, store: Store) -> None:
+        claim = T0 + timedelta(seconds=60)
+        for webhook_id, status in (("wh1", "processed"), ("wh2", "failed")):
+            store.ingest_event(event(webhook_id, claimed_until=claim))
+            done = store.finish_event(webhook_id, status=status, at=T0, error=None)
+            assert done.claimed_until is None
+            assert store.get_event(webhook_id) == done
+
+    def test_a_failed_delivery_is_free_for_the_retry_before_its_claim_would_end(
+        self, store: Store
+    ) -> None:
+        store.create_user(user("u1"))
+        store.ingest_event(event("wh1", claimed_until=T0 + timedelta(seconds=60)), state())
+        store.finish_event("wh1", status="failed", at=T0, error="callback raised")
+        retry = store.ingest_event(
+            event(
+                "wh1",
+                received_at=T0 + timedelta(seconds=1),
+                claimed_until=T0 + timedelta(seconds=61),
+            ),
+            state(),
+        )
+        assert (retry.in_flight, retry.applied, retry.event.attempts) == (False, None, 2)
+        assert retry.event.claimed_until == T0 + timedelta(seconds=61)
+
+    def test_ingest_as_processed_holds_no_claim(self, store: Store) -> None:
+        result = store.ingest_event(
+            event("wh1", status="processed", processed_at=T0, claimed_until=T0)
+        )
+        assert result.event.claimed_until is None
+        assert store.get_event("wh1") == result.event
+
+    def test_record_event_keeps_the_claim(self, store: Store) -> None:
+        claim = T0 + timedelta(seconds=60)
+        store.ingest_event(event("wh1", claimed_until=claim))
+        again, is_new = store.record_event(event("wh1"))
+        assert (is_new, again.attempts, again.claimed_until) == (False, 2, claim)
+        assert store.get_event("wh1") == again
+
+    def test_claimed_until_round_trips_as_aware_utc(self, store: Store) -> None:
+        india = timezone(timedelta(hours=5, minutes=30))
+        claim = datetime(2025, 6, 1, 12, 0, 0, 123456, tzinfo=india)
+        store.ingest_event(event("wh1", claimed_until=claim))
+        stored = store.get_event("wh1")
+        assert stored is not None and stored.claimed_until == claim
+        assert stored.claimed_until.tzinfo is UTC
+        assert stored.claimed_until.microsecond == 123456
+
     # -- datetimes ----------------------------------------------------------------------
     def test_datetimes_come_back_aware_utc_with_microseconds(self, store: Store) -> None:
         india = timezone(timedelta(hours=5, minutes=30))
@@ -807,11 +902,13 @@ class StoreContract:
         if reopen is None:
             pytest.skip(f"a {store.kind} store keeps nothing")
         store.create_user(user("u1"))
-        result = store.ingest_event(event("wh1"), state(version=4))
+        claim = T0 + timedelta(minutes=1)
+        result = store.ingest_event(event("wh1", claimed_until=claim), state(version=4))
         store.close()
 
         again = reopen()
         assert again.get_event("wh1") == result.event
+        assert result.event.claimed_until == claim
         assert again.get_subscription("sub1") == state(version=4)
         mirrored = again.get_user("u1")
         assert mirrored is not None and mirrored.polar_subscription_version == 4

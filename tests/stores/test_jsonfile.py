@@ -270,3 +270,33 @@ def test_copied_files_open_as_the_same_store(
         assert other.get_user("u1") == user("u1")
     finally:
         other.close()
+
+
+def test_version_1_files_load_and_are_upgraded_on_open(
+    open_json: Callable[..., JsonFileStore], path: Path
+) -> None:
+    """Version 1 wrote inbox rows without ``claimed_until``, in the snapshot and the
+    journal; they read as unclaimed, and opening rewrites the snapshot as current."""
+    store = open_json()
+    store.record_event(event("wh_snapshot"))
+    store.compact()
+    store.record_event(event("wh_journal", status="failed"))
+    store.close()
+    snapshot = json.loads(path.read_text())
+    snapshot["schema_version"] = 1
+    for row in snapshot["events"]:
+        del row["claimed_until"]
+    path.write_text(json.dumps(snapshot))
+    journal = Path(f"{path}.journal")
+    entries = [json.loads(line) for line in journal.read_bytes().splitlines()]
+    for entry in entries:
+        for row in entry.get("events", ()):
+            del row["claimed_until"]
+    journal.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+
+    upgraded = open_json()
+    assert upgraded.schema_version() == SCHEMA_VERSION == 2
+    assert json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION
+    assert upgraded.get_event("wh_snapshot") == event("wh_snapshot")
+    assert upgraded.get_event("wh_journal") == event("wh_journal", status="failed")
+    assert journal.read_bytes() == b""  # folded into the rewritten snapshot

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,13 @@ import pytest
 
 from kavach.errors import ConfigurationError, StoreError
 from kavach.stores import SCHEMA_VERSION, open_store
+from kavach.stores import sql as sql_module
 from kavach.stores.sql import SqlStore
 
 from . import _workers
 from .conftest import SqlServer
 from .contract import StoreContract
-from .factories import T0, state, user
+from .factories import T0, event, state, user
 
 
 class SqlContract(StoreContract):
@@ -123,7 +124,8 @@ def test_first_open_creates_tables_and_records_schema_version(
         "kavach_schema",
     } <= backend.tables()
     assert sql_store.schema_version() == SCHEMA_VERSION
-    assert [row[0] for row in backend.query("SELECT version FROM kavach_schema")] == [1]
+    versions = sorted(row[0] for row in backend.query("SELECT version FROM kavach_schema"))
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
 
 
 def test_opening_twice_runs_migrations_once(
@@ -133,7 +135,7 @@ def test_opening_twice_runs_migrations_once(
     again = SqlStore.from_url(backend.url)
     try:
         assert again.get_user("u1") == user("u1")
-        assert len(backend.query("SELECT version FROM kavach_schema")) == 1
+        assert len(backend.query("SELECT version FROM kavach_schema")) == SCHEMA_VERSION
     finally:
         again.close()
 
@@ -146,7 +148,7 @@ def test_processes_opening_an_empty_database_at_once_all_succeed(
         process_pool.submit(_workers.open_and_read_version, backend.url, start_at) for _ in range(4)
     ]
     assert [future.result(timeout=60) for future in futures] == [SCHEMA_VERSION] * 4
-    assert len(backend.query("SELECT version FROM kavach_schema")) == 1
+    assert len(backend.query("SELECT version FROM kavach_schema")) == SCHEMA_VERSION
 
 
 def test_newer_schema_in_database_is_refused(
@@ -158,6 +160,85 @@ def test_newer_schema_in_database_is_refused(
     )
     with pytest.raises(StoreError, match="newer"):
         SqlStore.from_url(backend.url)
+
+
+def event_columns(backend: SqliteFile | SqlServer) -> list[str]:
+    """The columns of ``kavach_polar_events``, as the database reports them."""
+    if backend.kind == "sqlite":
+        return [row[1] for row in backend.query("PRAGMA table_info(kavach_polar_events)")]
+    schema = "current_schema()" if backend.kind == "postgres" else "DATABASE()"
+    rows = backend.query(
+        "SELECT column_name FROM information_schema.columns "
+        f"WHERE table_name = 'kavach_polar_events' AND table_schema = {schema}"
+    )
+    return [row[0] for row in rows]
+
+
+def make_version_1_database(backend: SqliteFile | SqlServer) -> None:
+    """The database as kavach 0.x with schema version 1 left it: its migrations only,
+    a user and an unfinished inbox row (written with plain SQL: v1 columns)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sql_module, "SCHEMA_VERSION", 1)
+        patch.setattr(sql_module, "MIGRATIONS", sql_module.MIGRATIONS[:1])
+        old = SqlStore.from_url(backend.url)
+        try:
+            assert old.schema_version() == 1
+            old.create_user(user("u1"))
+        finally:
+            old.close()
+    backend.query(
+        "INSERT INTO kavach_polar_events (webhook_id, event_type, received_at, payload, "
+        "status, outcome, attempts) VALUES ('wh_v1', 'subscription.updated', "
+        "'2025-01-02 03:04:05.678901', '{}', 'failed', 'applied', 1)"
+    )
+    assert "claimed_until" not in event_columns(backend)
+
+
+def test_a_version_1_database_is_upgraded_on_open(backend: SqliteFile | SqlServer) -> None:
+    make_version_1_database(backend)
+    store = SqlStore.from_url(backend.url)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert event_columns(backend).count("claimed_until") == 1
+        versions = sorted(row[0] for row in backend.query("SELECT version FROM kavach_schema"))
+        assert versions == [1, 2]
+        assert store.get_user("u1") == user("u1")
+        old = store.get_event("wh_v1")
+        assert old is not None
+        assert (old.status, old.outcome, old.claimed_until) == ("failed", "applied", None)
+        claim = T0 + timedelta(seconds=60)
+        retry = store.ingest_event(event("wh_v1", claimed_until=claim), state())
+        assert (retry.in_flight, retry.event.attempts, retry.event.claimed_until) == (
+            False,
+            2,
+            claim,
+        )
+    finally:
+        store.close()
+
+
+def test_processes_upgrading_a_version_1_database_at_once_all_succeed(
+    backend: SqliteFile | SqlServer, process_pool: ProcessPoolExecutor
+) -> None:
+    make_version_1_database(backend)
+    start_at = time.time() + 0.3
+    futures = [
+        process_pool.submit(_workers.open_and_read_version, backend.url, start_at) for _ in range(4)
+    ]
+    assert [future.result(timeout=60) for future in futures] == [SCHEMA_VERSION] * 4
+    assert len(backend.query("SELECT version FROM kavach_schema")) == SCHEMA_VERSION
+    assert event_columns(backend).count("claimed_until") == 1
+
+
+def test_claimed_until_is_stored_as_naive_utc(
+    backend: SqliteFile | SqlServer, sql_store: SqlStore
+) -> None:
+    sql_store.ingest_event(event("wh1", claimed_until=T0))
+    (value,) = backend.query("SELECT claimed_until FROM kavach_polar_events")[0]
+    if isinstance(value, str):  # SQLite
+        assert value == "2025-01-02 03:04:05.678901"
+    else:
+        assert value == T0.replace(tzinfo=None)
 
 
 def test_mirror_columns_are_readable_with_plain_sql(
