@@ -116,12 +116,15 @@ def add_polar_commands(
     ``polar`` group's own sub-parsers, for more commands."""
     polar = subparsers.add_parser(
         "polar",
-        help="Polar tools: send a signed test event, check the configuration",
+        help="Polar tools: send a signed test event, check the configuration, the inbox",
         description="Polar tools for development and support.",
     )
     commands = polar.add_subparsers(dest="polar_command", required=True, metavar="COMMAND")
     add_trigger_command(commands)
     add_doctor_command(commands)
+    from kavach.cli_events import add_events_command  # it imports kavach.cli, like this module
+
+    add_events_command(commands)
     return commands
 
 

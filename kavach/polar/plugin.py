@@ -511,6 +511,29 @@ class PolarPlugin:
         self._verifier.verify(body, headers)
         webhook_id = _header(headers, "webhook-id")
         envelope = parse_json(body)
+        return self._process(webhook_id, envelope, body.decode("utf-8", errors="replace"))
+
+    def replay_event(self, webhook_id: str) -> WebhookOutcome:
+        """Process a recorded delivery again, from the inbox (no signature, no API call).
+
+        For deliveries that did not finish: the callback raised, or the process died. A
+        processed delivery is left alone (outcome ``duplicate``). The same rules as a live
+        delivery apply: the guarded write, the claim, the callback once per applied change.
+        Raises ``NotFoundError`` for an unknown id.
+        """
+        stored = self._store.get_event(webhook_id)
+        if stored is None:
+            raise NotFoundError(f"no recorded webhook delivery {webhook_id!r}")
+        try:
+            envelope = parse_json(stored.payload.encode("utf-8"))
+        except WebhookVerificationError:
+            raise WebhookPayloadError(
+                "bad_envelope", f"the recorded payload of {webhook_id!r} is not JSON"
+            ) from None
+        return self._process(webhook_id, envelope, stored.payload)
+
+    def _process(self, webhook_id: str, envelope: Any, payload: str) -> WebhookOutcome:
+        """Everything after verification: dedupe, record, match, apply, notify."""
         if not isinstance(envelope, dict):
             raise WebhookPayloadError("bad_envelope", "webhook body is not a JSON object")
         event_type = envelope.get("type")
@@ -523,7 +546,7 @@ class PolarPlugin:
         delivery = _Delivery(
             webhook_id=webhook_id,
             event_type=event_type,
-            payload=body.decode("utf-8", errors="replace"),
+            payload=payload,
             received_at=self._clock.now(),
             seen=seen,
         )

@@ -1,0 +1,202 @@
+"""``kavach polar events list|show|replay``: operate the webhook inbox from a shell.
+
+Every verified Polar delivery is recorded in the store's inbox (``kavach_polar_events``):
+these commands list them, show one with its payload, and replay deliveries that did not
+finish (a callback that raised, a process that died) through the same guarded path as a
+live delivery. Replay needs no signature (the delivery was verified when it was recorded)
+and makes no Polar API call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, TextIO
+
+from kavach.cli import CliError, polar_settings
+from kavach.records import INBOX_STATUSES, InboxEvent
+
+if TYPE_CHECKING:
+    from kavach.core import Kavach
+
+DEFAULT_LIST_LIMIT = 50
+#: Statuses a replay acts on: the delivery never finished.
+UNFINISHED = ("received", "failed")
+
+
+def add_events_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``kavach polar events`` and its three sub-commands."""
+    events = commands.add_parser(
+        "events",
+        help="list, show and replay recorded webhook deliveries (the inbox)",
+        description="Every verified Polar delivery is recorded in the store's inbox. "
+        "List them, show one with its payload, or replay unfinished ones.",
+    )
+    actions = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", help="recorded deliveries, newest first")
+    _add_database(listing)
+    which = listing.add_mutually_exclusive_group()
+    which.add_argument("--failed", action="store_true", help="only deliveries that failed")
+    which.add_argument("--status", choices=INBOX_STATUSES, help="only this status")
+    listing.add_argument("--limit", type=int, default=DEFAULT_LIST_LIMIT, help="at most N rows")
+    listing.set_defaults(run=run_list)
+
+    show = actions.add_parser("show", help="one delivery, with its payload")
+    _add_database(show)
+    show.add_argument("webhook_id", help="the delivery's webhook-id")
+    show.add_argument("--no-payload", action="store_true", help="leave the payload out")
+    show.set_defaults(run=run_show)
+
+    replay = actions.add_parser(
+        "replay",
+        help="process unfinished deliveries again (needs the Polar settings, as serve does)",
+    )
+    _add_database(replay)
+    target = replay.add_mutually_exclusive_group(required=True)
+    target.add_argument("webhook_id", nargs="?", help="the delivery's webhook-id")
+    target.add_argument(
+        "--failed", action="store_true", help="every delivery with status failed or received"
+    )
+    replay.set_defaults(run=run_replay)
+
+
+def _add_database(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database",
+        metavar="URL",
+        help="store URL (default: $KAVACH_DATABASE_URL, else sqlite:///kavach.db)",
+    )
+
+
+def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    given: str | None = args.database or environ.get("KAVACH_DATABASE_URL") or None
+    return given
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+def _line(event: InboxEvent) -> str:
+    return "  ".join(
+        (
+            _when(event.received_at),
+            event.webhook_id,
+            f"{event.event_type:<24}",
+            f"{event.status:<9}",
+            f"{event.outcome or '-':<20}",
+            str(event.attempts),
+            event.user_id or "-",
+        )
+    )
+
+
+def run_list(args: argparse.Namespace, environ: Mapping[str, str], stdout: TextIO) -> int:
+    """``kavach polar events list``."""
+    from kavach.stores import open_store
+
+    if args.limit <= 0:
+        raise CliError("--limit must be positive")
+    status = "failed" if args.failed else args.status
+    store = open_store(_database(args, environ))
+    try:
+        events = store.list_events(status=status, limit=args.limit)
+        total = store.count_events(status=status)
+    finally:
+        store.close()
+    print("received  webhook-id  type  status  outcome  attempts  user", file=stdout)
+    for event in events:
+        print(_line(event), file=stdout)
+    print(f"{len(events)} of {total} deliveries" + (f" with status {status}" if status else ""),
+          file=stdout)
+    return 0
+
+
+def run_show(args: argparse.Namespace, environ: Mapping[str, str], stdout: TextIO) -> int:
+    """``kavach polar events show WEBHOOK_ID``."""
+    from kavach.stores import open_store
+
+    store = open_store(_database(args, environ))
+    try:
+        event = store.get_event(args.webhook_id)
+    finally:
+        store.close()
+    if event is None:
+        raise CliError(f"no delivery with webhook-id {args.webhook_id!r}")
+    fields = (
+        ("webhook-id", event.webhook_id),
+        ("type", event.event_type),
+        ("status", event.status),
+        ("outcome", event.outcome or "-"),
+        ("attempts", str(event.attempts)),
+        ("received", _when(event.received_at)),
+        ("processed", _when(event.processed_at)),
+        ("user", event.user_id or "-"),
+        ("subscription", event.subscription_id or "-"),
+        ("last error", event.last_error or "-"),
+    )
+    for name, value in fields:
+        print(f"{name + ':':<14}{value}", file=stdout)
+    if not args.no_payload:
+        try:
+            pretty = json.dumps(json.loads(event.payload), indent=2, ensure_ascii=False)
+        except ValueError:
+            pretty = event.payload
+        print("payload:", file=stdout)
+        print(pretty, file=stdout)
+    return 0
+
+
+def _kavach_with_polar(args: argparse.Namespace, environ: Mapping[str, str]) -> Kavach:
+    from kavach import create_kavach
+    from kavach.auth import polar
+
+    settings, warnings = polar_settings(environ)
+    if settings is None:
+        hint = warnings[0] if warnings else "set POLAR_ACCESS_TOKEN and POLAR_WEBHOOK_SECRET"
+        raise CliError(f"replay needs the Polar settings serve uses: {hint}")
+    plugin = polar(
+        access_token=settings.access_token,
+        webhook_secret=settings.webhook_secret,
+        sandbox=settings.sandbox,
+        organization_id=settings.organization_id,
+        base_url=settings.base_url,
+    )
+    return create_kavach(_database(args, environ), plugins=[plugin])
+
+
+def run_replay(args: argparse.Namespace, environ: Mapping[str, str], stdout: TextIO) -> int:
+    """``kavach polar events replay (WEBHOOK_ID | --failed)``.
+
+    Your application's ``on_subscription_change`` does not run here (it lives in your
+    app's process): replay from the app with ``kavach.plugins.polar.replay_event(id)``
+    when the callback must run.
+    """
+    from kavach.errors import KavachError
+
+    with _kavach_with_polar(args, environ) as kavach:
+        plugin = kavach.plugins.polar
+        if args.failed:
+            ids = [
+                e.webhook_id
+                for status in UNFINISHED
+                for e in kavach.store.list_events(status=status, limit=10_000)
+            ]
+        else:
+            if kavach.store.get_event(args.webhook_id) is None:
+                raise CliError(f"no delivery with webhook-id {args.webhook_id!r}")
+            ids = [args.webhook_id]
+        failures = 0
+        for webhook_id in ids:
+            try:
+                outcome = plugin.replay_event(webhook_id)
+            except KavachError as exc:
+                failures += 1
+                print(f"{webhook_id}  error: {exc}", file=stdout)
+                continue
+            print(f"{webhook_id}  {outcome.event_type}  {outcome.outcome}", file=stdout)
+        print(f"replayed {len(ids) - failures} of {len(ids)} deliveries", file=stdout)
+    return 1 if failures else 0

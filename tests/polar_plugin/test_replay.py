@@ -1,0 +1,37 @@
+"""replay_event: processing a recorded delivery again from the inbox."""
+
+from __future__ import annotations
+
+import pytest
+
+from kavach import NotFoundError, WebhookCallbackError
+from tests.polar_plugin.conftest import PolarHarness
+from tests.polar_plugin.payloads import new_id
+from tests.polar_plugin.test_webhook_handling import make_user, sub_body
+
+
+def test_replay_runs_a_failed_callback_once(harness: PolarHarness) -> None:
+    user = make_user(harness)
+    msg_id = new_id()
+    harness.callbacks.fail_next = 1
+    with pytest.raises(WebhookCallbackError):
+        harness.deliver(sub_body(user, sub_id=new_id(), customer_id=new_id(), at_seconds=1),
+                        msg_id)
+    outcome = harness.plugin.replay_event(msg_id)
+    assert outcome.outcome == "applied"
+    assert len(harness.callbacks.calls) == 1
+    stored = harness.kavach.store.get_event(msg_id)
+    assert stored is not None and stored.status == "processed"
+
+
+def test_replay_of_a_processed_delivery_is_a_duplicate(harness: PolarHarness) -> None:
+    user = make_user(harness)
+    msg_id = new_id()
+    harness.deliver(sub_body(user, sub_id=new_id(), customer_id=new_id(), at_seconds=1), msg_id)
+    assert harness.plugin.replay_event(msg_id).outcome == "duplicate"
+    assert len(harness.callbacks.calls) == 1
+
+
+def test_replay_of_an_unknown_id(harness: PolarHarness) -> None:
+    with pytest.raises(NotFoundError):
+        harness.plugin.replay_event("no-such-delivery")
