@@ -148,7 +148,10 @@ def flask_app(kavach: Any) -> Any:
         session = kavach.sessions.resolve(token) if scheme.lower() == "bearer" else None
         if session is None:
             return jsonify(error="unauthorized", message="a valid session is required"), 401
-        return jsonify(subscription=subscription_json(plugin.get_subscription(session.user_id)))
+        status = plugin.status(session.user_id)
+        return jsonify(
+            subscription=subscription_json(status.subscription), access=status.access.to_json()
+        )
 
     return app
 

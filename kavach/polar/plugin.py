@@ -346,16 +346,40 @@ class PolarPlugin:
         user = self._store.get_user(user_id)
         if user is None or user.polar_subscription_id is None:
             return None
-        status = user.polar_subscription_status or ""
         sub = PolarSubscription(
             id=user.polar_subscription_id,
-            status=status,
+            status=user.polar_subscription_status or "",
             product_id=user.polar_product_id,
             current_period_end=user.polar_current_period_end,
             cancel_at_period_end=bool(user.polar_cancel_at_period_end),
             customer_id=user.polar_customer_id,
         )
         return None if sub.is_revoked else sub
+
+    def _current_state(self, user_id: str) -> SubscriptionState | None:
+        """The user's most relevant subscription, read the cheap way when it is exact.
+
+        The ``kavach_users`` mirror columns hold everything the access rules need except
+        for ``trialing`` (``trial_end``) and ``past_due`` (``past_due_at``): for those, the
+        full row is read. (For a scheduled cancellation Polar sets ``ends_at`` to the
+        period end, which the mirror holds.)
+        """
+        user = self._store.get_user(user_id)
+        if user is None or user.polar_subscription_id is None:
+            return None
+        status = user.polar_subscription_status or ""
+        if status in ("trialing", "past_due"):
+            return self._store.get_subscription(user.polar_subscription_id)
+        return SubscriptionState(
+            id=user.polar_subscription_id,
+            user_id=user.id,
+            status=status,
+            product_id=user.polar_product_id,
+            current_period_end=user.polar_current_period_end,
+            cancel_at_period_end=bool(user.polar_cancel_at_period_end),
+            version=user.polar_subscription_version or 0,
+            customer_id=user.polar_customer_id,
+        )
 
     def list_subscriptions(self, user_id: str) -> list[PolarSubscription]:
         """All subscriptions kavach holds for the user (revoked ones too), most relevant first."""
@@ -397,8 +421,8 @@ class PolarPlugin:
 
     def status(self, user_id: str) -> SubscriptionStatus:
         """The user's most relevant subscription (``None`` when none or revoked) and the
-        access decision, from one read of the store."""
-        current = most_relevant(self._store.list_subscriptions(user_id))
+        access decision, usually from one read of the store (the user row)."""
+        current = self._current_state(user_id)
         decision = decide_access(current, self._clock.now(), past_due_grace=self.past_due_grace)
         sub = None if current is None or current.revoked else PolarSubscription.from_state(current)
         return SubscriptionStatus(subscription=sub, access=decision)
@@ -406,9 +430,10 @@ class PolarPlugin:
     def access(self, user_id: str, at: datetime | None = None) -> AccessDecision:
         """Is the user entitled now (or ``at``), and why? A pure function of stored state
         and the clock; see :func:`kavach.polar.access.decide_access` for the rules."""
-        states = self._store.list_subscriptions(user_id)
         now = at or self._clock.now()
-        return decide_access(most_relevant(states), now, past_due_grace=self.past_due_grace)
+        return decide_access(
+            self._current_state(user_id), now, past_due_grace=self.past_due_grace
+        )
 
     # -- management: portal, cancel/uncancel, return from checkout ---------------------
     def create_portal_session(
