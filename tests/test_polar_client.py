@@ -209,6 +209,30 @@ def test_create_customer_session_returns_portal_url(sandbox_client: PolarClient)
     assert session.token not in repr(session)
 
 
+@replay_only
+def test_get_checkout_returns_succeeded_checkout(sandbox_client: PolarClient) -> None:
+    checkout = sandbox_client.get_checkout(CHECKOUT_ID)
+    assert checkout.status is CheckoutStatus.SUCCEEDED
+    assert checkout.external_customer_id == "user_42"
+    assert checkout.metadata["kavach_user_id"] == "user_42"
+
+
+@replay_only
+def test_cancel_of_an_already_canceled_subscription_is_refused(
+    sandbox_client: PolarClient,
+) -> None:
+    with pytest.raises(PolarPermissionError) as caught:
+        sandbox_client.update_subscription(SUBSCRIPTION_ID, {"cancel_at_period_end": True})
+    assert (caught.value.status_code, caught.value.error) == (403, "AlreadyCanceledSubscription")
+
+
+@replay_only
+def test_update_of_a_locked_subscription_is_a_conflict(sandbox_client: PolarClient) -> None:
+    with pytest.raises(PolarConflictError) as caught:
+        sandbox_client.update_subscription(SUBSCRIPTION_ID, {"cancel_at_period_end": False})
+    assert (caught.value.status_code, caught.value.error) == (409, "SubscriptionLocked")
+
+
 # --- a scripted Polar on 127.0.0.1 --------------------------------------------------
 
 
