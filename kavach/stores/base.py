@@ -25,7 +25,8 @@ from kavach.records import (
 
 #: The schema version the current code writes. Bump it with a new migration step.
 #: 2: the webhook inbox's ``claimed_until`` (the claim of a delivery in flight).
-SCHEMA_VERSION = 2
+#: 3: SQL only: the inbox's index on ``status`` covers unfinished deliveries only.
+SCHEMA_VERSION = 3
 
 
 def normalize_email(email: str) -> str:

@@ -20,7 +20,9 @@ Tables (created on first open by versioned, idempotent migrations, see ``MIGRATI
     the webhook inbox, every :class:`~kavach.records.InboxEvent` field; ``webhook_id`` PK,
     ``payload`` TEXT (LONGTEXT on MySQL: bodies go up to 1 MiB); ``claimed_until``
     (nullable datetime, added by migration 2) is the lease of the request running the
-    delivery's callback.
+    delivery's callback. Indexed on ``received_at`` and, for unfinished deliveries only
+    (``status <> 'processed'``, a partial index since migration 3), on ``(status,
+    received_at)``; MySQL, without partial indexes, indexes ``status``.
 ``kavach_schema``
     one row per applied migration: ``version``, ``applied_at``.
 
@@ -240,7 +242,7 @@ class _Statements:
     lock_suffix: str
     select_user: str
     lock_user: str
-    lock_user_id: str
+    lock_user_mirror: str
     select_user_by_email: str
     select_user_by_customer: str
     insert_user: str
@@ -269,8 +271,10 @@ class _Statements:
     update_event: str
     list_events: str
     list_events_by_status: str
+    list_unfinished_events_by_status: str
     count_events: str
     count_events_by_status: str
+    count_unfinished_events_by_status: str
     schema_version: str
 
 
@@ -281,6 +285,9 @@ _SUBSCRIPTION_UPDATE_COLUMNS = tuple(c for c in FIELD_NAMES[SubscriptionState] i
 _SUBSCRIPTION_SAME_HOLDER_COLUMNS = tuple(
     c for c in _SUBSCRIPTION_UPDATE_COLUMNS if c != "user_id"
 )
+#: The condition of the inbox's partial index (migration 3): deliveries not processed yet.
+_UNFINISHED = "status <> 'processed'"
+_UNFINISHED_INDEX = f"{EVENTS}_unfinished"
 _EVENT_UPDATE_COLUMNS = (
     "status",
     "outcome",
@@ -325,7 +332,9 @@ def _statements(dialect: Dialect, p: str) -> _Statements:
         lock_suffix=lock,
         select_user=f"{select_users} WHERE id = {p}",
         lock_user=f"{select_users} WHERE id = {p}{lock}",
-        lock_user_id=f"SELECT id FROM {USERS} WHERE id = {p}{lock}",
+        lock_user_mirror=(
+            f"SELECT {cols(_rules.MIRROR_FIELDS)} FROM {USERS} WHERE id = {p}{lock}"
+        ),
         select_user_by_email=f"{select_users} WHERE email_normalized = {p}",
         select_user_by_customer=f"{select_users} WHERE polar_customer_id = {p}",
         insert_user=(
@@ -378,8 +387,16 @@ def _statements(dialect: Dialect, p: str) -> _Statements:
         update_event=f"UPDATE {EVENTS} SET {assign(_EVENT_UPDATE_COLUMNS)} WHERE webhook_id = {p}",
         list_events=f"{select_events} {newest_first}",
         list_events_by_status=f"{select_events} WHERE status = {p} {newest_first}",
+        # The same with the condition of the partial index on unfinished deliveries
+        # (migration 3), so SQLite and PostgreSQL can use it.
+        list_unfinished_events_by_status=(
+            f"{select_events} WHERE status = {p} AND {_UNFINISHED} {newest_first}"
+        ),
         count_events=f"SELECT COUNT(*) FROM {EVENTS}",
         count_events_by_status=f"SELECT COUNT(*) FROM {EVENTS} WHERE status = {p}",
+        count_unfinished_events_by_status=(
+            f"SELECT COUNT(*) FROM {EVENTS} WHERE status = {p} AND {_UNFINISHED}"
+        ),
         schema_version=f"SELECT MAX(version) FROM {SCHEMA}",
     )
 
@@ -499,7 +516,7 @@ def _define_models(db: peewee.Database, dialect: Dialect, table_settings: list[s
         event_type = text_id()
         received_at = UtcDateTimeField(index=True)
         payload = LongTextField()
-        status = text_id(index=True)
+        status = text_id(index=True)  # SQLite, PostgreSQL: replaced by migration 3
         outcome = text_id(null=True)
         attempts = peewee.IntegerField()
         processed_at = UtcDateTimeField(null=True)
@@ -554,11 +571,28 @@ def _migrate_to_v2(db: Any, models: _Models) -> None:
     _add_column(db, EVENTS, "claimed_until", f"{models.timestamp_type} NULL")
 
 
+def _migrate_to_v3(db: Any, models: _Models) -> None:
+    """Version 3: on SQLite and PostgreSQL, a partial index on ``kavach_polar_events
+    (status, received_at)`` covering only unfinished deliveries (``status <>
+    'processed'``) replaces the index on ``status``, which every delivery paid for (one
+    more page to write per webhook on SQLite) and only the inbox commands read. Listing or
+    counting *processed* deliveries scans the inbox (in ``received_at`` order) instead.
+    MySQL has no partial indexes: it keeps the index on ``status``."""
+    if _dialect_of(db) == "mysql":
+        return
+    db.execute_sql(
+        f"CREATE INDEX IF NOT EXISTS {_UNFINISHED_INDEX} ON {EVENTS} (status, received_at) "
+        f"WHERE {_UNFINISHED}"
+    )
+    db.execute_sql(f"DROP INDEX IF EXISTS {EVENTS}_status")
+
+
 #: Schema migrations, in order: (version it brings the schema to, step). Each step is
 #: idempotent. Add a step (and bump ``SCHEMA_VERSION``) for every schema change.
 MIGRATIONS: tuple[tuple[int, Callable[[Any, _Models], None]], ...] = (
     (1, _migrate_to_v1),
     (2, _migrate_to_v2),
+    (3, _migrate_to_v3),
 )
 
 
@@ -969,8 +1003,8 @@ class SqlStore:
         and the module docstring for how it locks."""
         state = utc_record(state)
         with self._transaction():
-            self._lock_user(state.user_id)
-            if not self._write_state(state):
+            mirror = self._lock_user(state.user_id)
+            if not self._write_state(state, mirror):
                 return False
             if webhook_id is not None:
                 self._run(
@@ -978,14 +1012,18 @@ class SqlStore:
                 )
         return True
 
-    def _lock_user(self, user_id: str) -> None:
-        """Lock the user's row for this transaction; ``UserNotFoundError`` if there is none."""
-        if self._one(self._sql.lock_user_id, (user_id,)) is None:
+    def _lock_user(self, user_id: str) -> Sequence[Any]:
+        """Lock the user's row for this transaction; ``UserNotFoundError`` if there is none.
+        Returns the row's stored mirror columns (as :meth:`_write_mirror` writes them)."""
+        row = self._one(self._sql.lock_user_mirror, (user_id,))
+        if row is None:
             raise UserNotFoundError(user_id)
+        return row
 
-    def _write_state(self, state: SubscriptionState) -> bool:
-        """The conditional write, inside a transaction that holds ``state.user_id``'s lock:
-        store ``state`` and recompute the mirrors if it is newer than the stored version."""
+    def _write_state(self, state: SubscriptionState, mirror: Sequence[Any]) -> bool:
+        """The conditional write, inside a transaction that holds ``state.user_id``'s lock
+        (``mirror``: what :meth:`_lock_user` returned): store ``state`` and recompute the
+        mirrors if it is newer than the stored version."""
         sql = self._sql
         head = self._one(sql.lock_subscription_head, (state.id,))
         if head is None:
@@ -994,26 +1032,34 @@ class SqlStore:
                 head = self._one(sql.lock_subscription_head, (state.id,))
                 if head is None:
                     raise StoreError(f"subscription {state.id!r} vanished mid-write")
-        previous_user = None
+        previous_user = previous_mirror = None
         if head is not None:
             previous_user, stored_version = head
             if stored_version >= state.version:
                 return False
             if previous_user != state.user_id:  # it moved: lock its previous holder too
-                self._one(sql.lock_user_id, (previous_user,))
+                previous_mirror = self._one(sql.lock_user_mirror, (previous_user,))
                 params = self._subscriptions.encode(state, _SUBSCRIPTION_UPDATE_COLUMNS)
                 self._run(sql.update_subscription, [*params, state.id])
             else:
                 params = self._subscriptions.encode(state, _SUBSCRIPTION_SAME_HOLDER_COLUMNS)
                 self._run(sql.update_subscription_same_holder, [*params, state.id])
-        self._write_mirror(state.user_id, written=state)
+        self._write_mirror(state.user_id, mirror, written=state)
         if previous_user is not None and previous_user != state.user_id:
-            self._write_mirror(previous_user)
+            self._write_mirror(previous_user, previous_mirror)
         return True
 
-    def _write_mirror(self, user_id: str, *, written: SubscriptionState | None = None) -> None:
-        """Recompute ``user_id``'s mirror columns (inside the write transaction). ``written``
-        is the user's subscription this transaction just wrote: used as is, not read back."""
+    def _write_mirror(
+        self,
+        user_id: str,
+        stored: Sequence[Any] | None,
+        *,
+        written: SubscriptionState | None = None,
+    ) -> None:
+        """Recompute ``user_id``'s mirror columns (inside the write transaction) and write
+        them unless they equal ``stored`` (the row's mirror columns, read under its lock):
+        an unchanged row is not rewritten. ``written`` is the user's subscription this
+        transaction just wrote: used as is, not read back."""
         if written is None:
             rows = self._run(self._sql.select_user_subscriptions, (user_id,)).fetchall()
         else:
@@ -1023,6 +1069,8 @@ class SqlStore:
             states.append(written)
         mirror = _rules.mirror_values(states)
         params = [self._users.value(name, mirror[name]) for name in _rules.MIRROR_FIELDS]
+        if stored is not None and list(stored) == params:
+            return
         self._run(self._sql.update_user_mirror, [*params, user_id])
 
     @_guarded
@@ -1076,8 +1124,9 @@ class SqlStore:
     def _ingest(self, event: InboxEvent, state: SubscriptionState | None) -> IngestResult:
         """The inside of :meth:`ingest_event`'s transaction."""
         sql = self._sql
+        mirror: Sequence[Any] = ()
         if state is not None:
-            self._lock_user(state.user_id)
+            mirror = self._lock_user(state.user_id)
         row = self._one(sql.lock_event, (event.webhook_id,))
         stored = None if row is None else self._events.decode(row)
         if stored is not None and stored.status == "processed":
@@ -1087,7 +1136,7 @@ class SqlStore:
             return IngestResult(stored, created=False, applied=None, in_flight=True)
         applied: bool | None = None
         if state is not None and _rules.ingest_applies(stored):
-            applied = self._write_state(state)
+            applied = self._write_state(state, mirror)
         written = _rules.ingested(event, stored, state, applied)
         if stored is not None:
             self._write_event(written)
@@ -1142,8 +1191,10 @@ class SqlStore:
         _rules.check_page(limit, offset)
         if status is None:
             cursor = self._run(self._sql.list_events, (limit, offset))
-        else:
+        elif status == "processed":
             cursor = self._run(self._sql.list_events_by_status, (status, limit, offset))
+        else:  # the partial index's rows
+            cursor = self._run(self._sql.list_unfinished_events_by_status, (status, limit, offset))
         return [self._events.decode(row) for row in cursor.fetchall()]
 
     @_guarded
@@ -1151,7 +1202,9 @@ class SqlStore:
         """How many inbox events (with ``status``, when given)."""
         if status is None:
             return self._count(self._sql.count_events)
-        return self._count(self._sql.count_events_by_status, (status,))
+        if status == "processed":
+            return self._count(self._sql.count_events_by_status, (status,))
+        return self._count(self._sql.count_unfinished_events_by_status, (status,))
 
 
 # -- opening by URL ---------------------------------------------------------------------

@@ -174,18 +174,42 @@ def event_columns(backend: SqliteFile | SqlServer) -> list[str]:
     return [row[0] for row in rows]
 
 
+def open_at_version(backend: SqliteFile | SqlServer, version: int) -> SqlStore:
+    """The store as the kavach of schema ``version`` opened it: its migrations only."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sql_module, "SCHEMA_VERSION", version)
+        patch.setattr(sql_module, "MIGRATIONS", sql_module.MIGRATIONS[:version])
+        old = SqlStore.from_url(backend.url)
+    assert old.schema_version() == version
+    return old
+
+
+def event_indexes(backend: SqliteFile | SqlServer) -> set[str]:
+    """The names of the inbox table's indexes, read with plain SQL (no migration runs)."""
+    table = sql_module.EVENTS
+    if backend.kind == "sqlite":
+        sql = f"SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = '{table}'"
+    elif backend.kind == "postgres":
+        sql = (
+            "SELECT indexname FROM pg_indexes "
+            f"WHERE schemaname = current_schema() AND tablename = '{table}'"
+        )
+    else:
+        sql = (
+            "SELECT index_name FROM information_schema.statistics "
+            f"WHERE table_schema = DATABASE() AND table_name = '{table}'"
+        )
+    return {row[0] for row in backend.query(sql)}
+
+
 def make_version_1_database(backend: SqliteFile | SqlServer) -> None:
     """The database as kavach 0.x with schema version 1 left it: its migrations only,
     a user and an unfinished inbox row (written with plain SQL: v1 columns)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sql_module, "SCHEMA_VERSION", 1)
-        patch.setattr(sql_module, "MIGRATIONS", sql_module.MIGRATIONS[:1])
-        old = SqlStore.from_url(backend.url)
-        try:
-            assert old.schema_version() == 1
-            old.create_user(user("u1"))
-        finally:
-            old.close()
+    old = open_at_version(backend, 1)
+    try:
+        old.create_user(user("u1"))
+    finally:
+        old.close()
     backend.query(
         "INSERT INTO kavach_polar_events (webhook_id, event_type, received_at, payload, "
         "status, outcome, attempts) VALUES ('wh_v1', 'subscription.updated', "
@@ -198,10 +222,10 @@ def test_a_version_1_database_is_upgraded_on_open(backend: SqliteFile | SqlServe
     make_version_1_database(backend)
     store = SqlStore.from_url(backend.url)
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3
         assert event_columns(backend).count("claimed_until") == 1
         versions = sorted(row[0] for row in backend.query("SELECT version FROM kavach_schema"))
-        assert versions == [1, 2]
+        assert versions == [1, 2, 3]
         assert store.get_user("u1") == user("u1")
         old = store.get_event("wh_v1")
         assert old is not None
@@ -217,10 +241,63 @@ def test_a_version_1_database_is_upgraded_on_open(backend: SqliteFile | SqlServe
         store.close()
 
 
-def test_processes_upgrading_a_version_1_database_at_once_all_succeed(
-    backend: SqliteFile | SqlServer, process_pool: ProcessPoolExecutor
+def make_version_2_database(backend: SqliteFile | SqlServer) -> None:
+    """The database as schema version 2 left it: inbox rows of every status, and the
+    inbox indexed on ``status``."""
+    old = open_at_version(backend, 2)
+    try:
+        for i, status in enumerate(["processed", "failed", "received", "processed", "failed"]):
+            old.record_event(event(f"wh{i}", received_at=T0 + timedelta(seconds=i)))
+            if status != "received":
+                old.finish_event(f"wh{i}", status=status, at=T0)
+    finally:
+        old.close()
+    assert f"{sql_module.EVENTS}_status" in event_indexes(backend)
+
+
+#: The inbox's status indexes from version 3 on: partial on SQLite and PostgreSQL.
+STATUS_INDEXES = {
+    "sqlite": {"kavach_polar_events_unfinished"},
+    "postgres": {"kavach_polar_events_unfinished"},
+    "mysql": {"kavach_polar_events_status"},
+}
+
+
+def test_a_version_2_database_is_upgraded_on_open(backend: SqliteFile | SqlServer) -> None:
+    make_version_2_database(backend)
+    store = SqlStore.from_url(backend.url)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION == 3
+        versions = sorted(row[0] for row in backend.query("SELECT version FROM kavach_schema"))
+        assert versions == [1, 2, 3]
+        assert {"failed", "processed", "received"} == {
+            e.status for e in store.list_events()
+        }
+        assert [e.webhook_id for e in store.list_events(status="failed")] == ["wh4", "wh1"]
+        assert [e.webhook_id for e in store.list_events(status="processed")] == ["wh3", "wh0"]
+        assert [e.webhook_id for e in store.list_events(status="received")] == ["wh2"]
+        counts = {s: store.count_events(status=s) for s in ("failed", "processed", "received")}
+        assert counts == {"failed": 2, "processed": 2, "received": 1}
+    finally:
+        store.close()
+    status_indexes = {name for name in event_indexes(backend) if "status" in name or "unf" in name}
+    assert status_indexes == STATUS_INDEXES[backend.kind]
+
+
+def test_a_new_database_has_the_version_3_inbox_indexes(sql_store: SqlStore) -> None:
+    names = {index.name for index in sql_store._db.get_indexes(sql_module.EVENTS)}
+    status_indexes = {name for name in names if "status" in name or "unf" in name}
+    assert status_indexes == STATUS_INDEXES[sql_store.kind]
+    assert "kavach_polar_events_received_at" in names
+
+
+@pytest.mark.parametrize("make_old_database", [make_version_1_database, make_version_2_database])
+def test_processes_upgrading_an_old_database_at_once_all_succeed(
+    backend: SqliteFile | SqlServer,
+    process_pool: ProcessPoolExecutor,
+    make_old_database: Callable[[SqliteFile | SqlServer], None],
 ) -> None:
-    make_version_1_database(backend)
+    make_old_database(backend)
     start_at = time.time() + 0.3
     futures = [
         process_pool.submit(_workers.open_and_read_version, backend.url, start_at) for _ in range(4)
@@ -228,6 +305,9 @@ def test_processes_upgrading_a_version_1_database_at_once_all_succeed(
     assert [future.result(timeout=60) for future in futures] == [SCHEMA_VERSION] * 4
     assert len(backend.query("SELECT version FROM kavach_schema")) == SCHEMA_VERSION
     assert event_columns(backend).count("claimed_until") == 1
+    assert {n for n in event_indexes(backend) if "status" in n or "unf" in n} == (
+        STATUS_INDEXES[backend.kind]
+    )
 
 
 def test_claimed_until_is_stored_as_naive_utc(
@@ -367,3 +447,46 @@ def test_datetime_column_sorts_in_time_order(
         sql_store.create_user(user(f"u{i}", created_at=when.replace(tzinfo=T0.tzinfo)))
     rows = backend.query("SELECT id FROM kavach_users ORDER BY created_at")
     assert [row[0] for row in rows] == ["u1", "u0"]
+
+
+def test_sqlite_reads_unfinished_deliveries_through_the_partial_index(tmp_path: Path) -> None:
+    store = SqlStore.from_url(f"sqlite:///{tmp_path / 'kavach.db'}")
+    try:
+        statements = store._sql
+        for sql, params in (
+            (statements.list_unfinished_events_by_status, ("failed", 10, 0)),
+            (statements.count_unfinished_events_by_status, ("failed",)),
+        ):
+            plan = store._db.execute_sql(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+            assert "kavach_polar_events_unfinished" in " ".join(str(row[-1]) for row in plan)
+    finally:
+        store.close()
+
+
+def test_an_unchanged_mirror_is_not_rewritten(tmp_path: Path) -> None:
+    """A newer version of a subscription that is not the user's most relevant one leaves
+    the mirror as it is: the user's row is not written (one page less to fsync)."""
+    store = SqlStore.from_url(f"sqlite:///{tmp_path / 'kavach.db'}")
+    try:
+        store.create_user(user("u1"))
+        assert store.apply_subscription(state("sub_active", version=1))
+        assert store.apply_subscription(state("sub_old", version=1, status="canceled"))
+        mirrored = store.get_user("u1")
+        assert mirrored is not None and mirrored.polar_subscription_id == "sub_active"
+        statements: list[str] = []
+        store._db.connection().set_trace_callback(statements.append)
+        try:
+            result = store.ingest_event(
+                event("wh1"), state("sub_old", version=2, status="canceled")
+            )
+        finally:
+            store._db.connection().set_trace_callback(None)
+        assert result.applied is True
+        assert store.get_user("u1") == mirrored
+        assert not [s for s in statements if s.startswith("UPDATE kavach_users")]
+        assert [s for s in statements if s.startswith("UPDATE kavach_polar_subscriptions")]
+        assert store.apply_subscription(state("sub_active", version=2))  # it changes: written
+        updated = store.get_user("u1")
+        assert updated is not None and updated.polar_subscription_version == 2
+    finally:
+        store.close()
