@@ -200,17 +200,27 @@ def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         polar_state = "on" if "polar" in kavach.plugins else "off"
         logger.info("store %s, Polar plugin %s", kavach.store.kind, polar_state)
 
+        router = None
+        if fake is not None:  # the offline demo page at /
+            from kavach.http.demo import demo_router
+
+            router = demo_router(kavach, fake.url, "polar_oat_fake")
+
         def ready(server: KavachHTTPServer) -> None:
             if fake is not None:  # the fake Polar delivers its webhooks to this server
                 fake.add_webhook_endpoint(
                     server.url + kavach.config.base_path + "/auth/polar/webhook"
                 )
-                from kavach.http.demo import demo_router  # the offline demo page at /
-
-                server.router = demo_router(kavach, fake.url, "polar_oat_fake")
                 logger.info("offline demo at %s/", server.url)
 
-        serve(kavach, settings.host, settings.port, timeout=settings.timeout, on_ready=ready)
+        serve(
+            kavach,
+            settings.host,
+            settings.port,
+            timeout=settings.timeout,
+            router=router,
+            on_ready=ready,
+        )
     return 0
 
 

@@ -340,12 +340,14 @@ def serve(
     *,
     timeout: float | None = DEFAULT_TIMEOUT,
     scheme: str = "http",
+    router: Router | None = None,
     on_ready: Callable[[KavachHTTPServer], object] | None = None,
 ) -> None:
     """Serve ``kavach``'s routes on ``host:port`` until Ctrl-C (or SIGTERM), then shut
-    down cleanly and return. ``on_ready(server)`` runs once the socket listens."""
+    down cleanly and return. ``router`` replaces the default ``Router(kavach)`` (e.g. one
+    with the offline demo page); ``on_ready(server)`` runs once the socket listens."""
     _ensure_console_logging()
-    server = make_server(kavach, host, port, timeout=timeout, scheme=scheme)
+    server = make_server(kavach, host, port, timeout=timeout, scheme=scheme, router=router)
     try:
         with _sigterm_as_interrupt():
             try:
