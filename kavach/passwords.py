@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -13,15 +15,24 @@ MAX_PASSWORD_LENGTH = 1024
 class PasswordHasher:
     """Hashes and checks passwords with argon2id.
 
-    The defaults are argon2-cffi's RFC 9106 "low memory" profile. ``PasswordHasher.fast()``
-    gives a deliberately weak profile for test suites only.
+    The defaults are argon2-cffi's RFC 9106 "low memory" profile (64 MiB per hash).
+    ``PasswordHasher.fast()`` gives a deliberately weak profile for test suites only.
+
+    At most ``max_concurrent`` hashes run at once (others wait their turn), so a burst of
+    sign-ups or sign-ins cannot take more than ``max_concurrent`` times the memory cost.
     """
 
-    def __init__(self, parameters: argon2.Parameters | None = None) -> None:
+    def __init__(
+        self, parameters: argon2.Parameters | None = None, *, max_concurrent: int = 4
+    ) -> None:
         params = parameters or argon2.profiles.RFC_9106_LOW_MEMORY
         if params.type is not argon2.Type.ID:
             raise ValueError("kavach only hashes passwords with argon2id")
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
         self._hasher = argon2.PasswordHasher.from_parameters(params)
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self.max_concurrent = max_concurrent
 
     @classmethod
     def fast(cls) -> PasswordHasher:
@@ -30,12 +41,14 @@ class PasswordHasher:
 
     def hash(self, password: str) -> str:
         """The encoded argon2id hash (salt and parameters included)."""
-        return self._hasher.hash(password)
+        with self._slots:
+            return self._hasher.hash(password)
 
     def verify(self, password_hash: str, password: str) -> bool:
         """``True`` when ``password`` matches; ``False`` on mismatch or an unreadable hash."""
         try:
-            return self._hasher.verify(password_hash, password)
+            with self._slots:
+                return self._hasher.verify(password_hash, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 

@@ -177,3 +177,42 @@ def test_lone_surrogates_are_refused_before_anything_is_stored(
 
 def test_wsgi_app_is_one_object_per_kavach(kavach: Kavach) -> None:
     assert kavach.wsgi_app is kavach.wsgi_app
+
+
+def test_password_hashing_runs_at_most_max_concurrent_at_once() -> None:
+    import threading
+    import time
+
+    import argon2
+
+    hasher = PasswordHasher(argon2.profiles.CHEAPEST, max_concurrent=2)
+    real = hasher._hasher
+    running = 0
+    peak = 0
+    guard = threading.Lock()
+
+    class SlowArgon2:
+        """Counts how many hashes run at the same moment."""
+
+        def hash(self, password: str) -> str:
+            nonlocal running, peak
+            with guard:
+                running += 1
+                peak = max(peak, running)
+            time.sleep(0.02)
+            with guard:
+                running -= 1
+            return real.hash(password)
+
+    hasher._hasher = SlowArgon2()  # type: ignore[assignment]
+    threads = [threading.Thread(target=hasher.hash, args=("pw",)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak == 2
+
+
+def test_max_concurrent_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        PasswordHasher(max_concurrent=0)
