@@ -68,6 +68,7 @@ class ServeSettings:
     polar: PolarSettings | None
     fake_polar: bool
     warnings: tuple[str, ...] = ()
+    proxy_hops: int = 0
 
 
 def _env(environ: Mapping[str, str], name: str) -> str | None:
@@ -124,7 +125,21 @@ def serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Serv
         polar=polar,
         fake_polar=args.fake_polar,
         warnings=warnings,
+        proxy_hops=_proxy_hops(args, environ),
     )
+
+
+def _proxy_hops(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.proxy_hops is not None:
+        hops: int = args.proxy_hops
+        return hops
+    raw = _env(environ, "KAVACH_PROXY_HOPS")
+    if raw is None:
+        return 0
+    try:
+        return int(raw)
+    except ValueError:
+        raise CliError(f"KAVACH_PROXY_HOPS must be a whole number, not {raw!r}") from None
 
 
 def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
@@ -181,6 +196,7 @@ def _build_kavach(settings: ServeSettings, stack: contextlib.ExitStack) -> tuple
         plugins=plugins,
         base_path=settings.base_path,
         trusted_origins=settings.trusted_origins,
+        proxy_hops=settings.proxy_hops,
     )
     stack.callback(kavach.close)
     return kavach, fake
@@ -304,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--timeout", type=float, default=30.0, help="socket timeout in seconds (default 30)"
+    )
+    serve.add_argument(
+        "--proxy-hops",
+        type=int,
+        default=None,
+        metavar="N",
+        help="trust X-Forwarded-For/-Proto/-Host from N reverse proxies in front "
+        "(default $KAVACH_PROXY_HOPS, else 0: never trusted)",
     )
     serve.add_argument(
         "--fake-polar",

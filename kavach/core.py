@@ -53,6 +53,10 @@ class KavachConfig:
     cookie_name: str = DEFAULT_COOKIE_NAME
     trusted_origins: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
+    #: How many reverse proxies stand in front and append to ``X-Forwarded-For``; when
+    #: above 0 the client address, scheme and host come from the ``X-Forwarded-*``
+    #: headers those proxies set (see :mod:`kavach.http.forwarded`). 0: headers ignored.
+    proxy_hops: int = 0
 
 
 class Kavach:
@@ -134,6 +138,7 @@ def create_kavach(
     cookie_name: str = DEFAULT_COOKIE_NAME,
     trusted_origins: Iterable[str] | None = None,
     max_body_bytes: int = 1024 * 1024,
+    proxy_hops: int = 0,
 ) -> Kavach:
     """Build a :class:`Kavach`.
 
@@ -141,7 +146,9 @@ def create_kavach(
     ``json:///abs/kavach.json``), a dict ``{"provider": …, "url": …}`` or a store
     instance; the default is the SQLite file ``kavach.db`` in the working directory.
     ``trusted_origins`` defaults to the ``KAVACH_TRUSTED_ORIGINS`` environment variable
-    (comma-separated).
+    (comma-separated). ``proxy_hops`` is the number of reverse proxies in front of the
+    server whose ``X-Forwarded-For`` / ``-Proto`` / ``-Host`` headers are to be trusted
+    (0, the default, trusts none: never set it higher than the proxies you really run).
     """
     if trusted_origins is None:
         env = os.environ.get("KAVACH_TRUSTED_ORIGINS", "")
@@ -151,6 +158,8 @@ def create_kavach(
         raise ConfigurationError(
             "base_path must start with '/' and not end with one", field="base_path"
         )
+    if not isinstance(proxy_hops, int) or isinstance(proxy_hops, bool) or not 0 <= proxy_hops <= 10:
+        raise ConfigurationError("proxy_hops must be an integer from 0 to 10", field="proxy_hops")
     if not cookie_name or not cookie_name.replace("_", "").replace("-", "").isalnum():
         raise ConfigurationError("cookie_name must be a plain token", field="cookie_name")
     config = KavachConfig(
@@ -158,6 +167,7 @@ def create_kavach(
         cookie_name=cookie_name,
         trusted_origins=origins,
         max_body_bytes=max_body_bytes,
+        proxy_hops=proxy_hops,
     )
     store = open_store(database)
     try:

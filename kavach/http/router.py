@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from kavach.http import routes_auth, routes_polar
 from kavach.http.context import HttpContext
+from kavach.http.forwarded import apply_forwarded
 from kavach.http.messages import HttpError, Request, Response
 from kavach.http.openapi import build_openapi
 from kavach.http.ratelimit import FailureLimiter
@@ -66,6 +67,7 @@ class Router:
         self.kavach = kavach
         self.base_path = kavach.config.base_path
         self.max_body_bytes = kavach.config.max_body_bytes
+        self.proxy_hops = kavach.config.proxy_hops
         self.context = HttpContext.build(kavach, limiter)
         table: dict[str, dict[str, Handler]] = {}
         for method, path, handler in ROUTES:
@@ -86,6 +88,8 @@ class Router:
 
     def dispatch(self, request: Request) -> Response:
         """The response to ``request``; never raises."""
+        if self.proxy_hops:
+            apply_forwarded(request, self.proxy_hops)
         methods = self._table.get(request.path)
         if methods is None:
             return self._dispatch_item(request)

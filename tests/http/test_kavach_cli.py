@@ -232,3 +232,11 @@ def test_a_bad_polar_sandbox_value_is_an_error(capsys: pytest.CaptureFixture[str
     )
     assert status == 2
     assert "POLAR_SANDBOX" in capsys.readouterr().err
+
+
+def test_proxy_hops_from_flag_and_environment() -> None:
+    flag = serve_settings(build_parser().parse_args(["serve", "--proxy-hops", "2"]),
+                          {"KAVACH_PROXY_HOPS": "1"})
+    env = serve_settings(build_parser().parse_args(["serve"]), {"KAVACH_PROXY_HOPS": "1"})
+    default = serve_settings(build_parser().parse_args(["serve"]), {})
+    assert (flag.proxy_hops, env.proxy_hops, default.proxy_hops) == (2, 1, 0)
