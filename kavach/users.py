@@ -98,8 +98,9 @@ class Users:
         self._store = store
         self._hasher = hasher
         self._clock = clock
-        # Checked against when the email is unknown, so both failures cost the same.
-        self._dummy_hash = hasher.hash("kavach-dummy-password")
+        # Checked against when the email is unknown, so both failures cost the same;
+        # made on first need (an argon2id hash is too dear to pay at every start-up).
+        self._dummy_hash: str | None = None
 
     def __repr__(self) -> str:
         return f"Users(count={self._store.count_users()})"
@@ -153,6 +154,8 @@ class Users:
         if not isinstance(password, str) or len(password) > MAX_PASSWORD_LENGTH:
             raise InvalidCredentialsError()
         if record is None or record.password_hash is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = self._hasher.hash("kavach-dummy-password")
             self._hasher.verify(self._dummy_hash, password)
             raise InvalidCredentialsError()
         if not self._hasher.verify(record.password_hash, password):
