@@ -120,12 +120,17 @@ class IngestResult:
     ``in_flight`` is ``True`` when another request holds an unexpired claim on the
     delivery (see :attr:`InboxEvent.claimed_until`): nothing was written, ``event`` is
     the stored row, ``created`` is ``False`` and ``applied`` is ``None``.
+
+    ``duplicate`` is ``True`` when the delivery was already processed: nothing was
+    written, ``event`` is the stored row, ``created`` is ``False`` and ``applied`` is
+    ``None``.
     """
 
     event: InboxEvent
     created: bool
     applied: bool | None
     in_flight: bool = False
+    duplicate: bool = False
 
 
 def subscription_rank(state: SubscriptionState) -> tuple[int, float, int]:

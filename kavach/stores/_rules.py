@@ -60,6 +60,14 @@ def with_mirror(user: UserRecord, states: list[SubscriptionState]) -> UserRecord
     return UserRecord(**values)
 
 
+def links_customer(linked: str | None, customer_id: str | None) -> bool:
+    """Whether applying a subscription state of Polar customer ``customer_id`` links its
+    holder (whose link is ``linked``) to that customer: only an unlinked holder, and only
+    to a real id. The store also checks that no other user holds the customer; an
+    existing link is never replaced here (``link_polar_customer`` does that)."""
+    return linked is None and isinstance(customer_id, str) and customer_id != ""
+
+
 def by_relevance(states: list[SubscriptionState]) -> list[SubscriptionState]:
     """Most relevant first (``subscription_rank``), ties broken by id for a stable order."""
     return sorted(states, key=lambda state: (subscription_rank(state), state.id))

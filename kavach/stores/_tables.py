@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
+from typing import NamedTuple
 
 import attrs
 
@@ -32,9 +33,9 @@ from kavach.stores import _rules
 from kavach.stores.base import normalize_email
 
 
-@attrs.frozen
-class Change:
-    """One committed change: records to put (insert or replace) and sessions to delete."""
+class Change(NamedTuple):
+    """One committed change: records to put (insert or replace) and sessions to delete.
+    (A named tuple: every write makes one.)"""
 
     users: tuple[UserRecord, ...] = ()
     sessions: tuple[SessionRecord, ...] = ()
@@ -178,7 +179,7 @@ class Tables:
             raise UserNotFoundError(state.user_id)
         stored = self.events.get(event.webhook_id)
         if stored is not None and stored.status == "processed":
-            return None, IngestResult(stored, created=False, applied=None)
+            return None, IngestResult(stored, created=False, applied=None, duplicate=True)
         if _rules.in_flight(stored, event.received_at):
             assert stored is not None
             return None, IngestResult(stored, created=False, applied=None, in_flight=True)
@@ -252,11 +253,21 @@ class Tables:
             return None
         others = [s for s in self.subscriptions_of(state.user_id) if s.id != state.id]
         mirrored = _rules.with_mirror(holder, [*others, state])
+        if self._links(holder, state.customer_id):
+            mirrored = attrs.evolve(mirrored, polar_customer_id=state.customer_id)
         if current is None or current.user_id == state.user_id:
             return (mirrored,)
         previous = current.user_id
         remaining = [s for s in self.subscriptions_of(previous) if s.id != state.id]
         return (mirrored, _rules.with_mirror(self.users[previous], remaining))
+
+    def _links(self, holder: UserRecord, customer_id: str | None) -> bool:
+        """Does applying a state of Polar customer ``customer_id`` link ``holder`` to it?
+        Only an unlinked holder, and only to a customer no other user holds
+        (:func:`kavach.stores._rules.links_customer`)."""
+        return _rules.links_customer(holder.polar_customer_id, customer_id) and (
+            customer_id not in self.user_id_by_customer
+        )
 
     def _user(self, user_id: str) -> UserRecord:
         user = self.users.get(user_id)

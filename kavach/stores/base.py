@@ -116,7 +116,11 @@ class Store(Protocol):
         stored ``version`` is strictly lower, store ``state``, recompute the mirror columns
         of ``state.user_id`` and — when ``webhook_id`` is given — set that inbox event's
         ``outcome`` to ``"applied"``, ``subscription_id`` and ``user_id``; return ``True``.
-        Otherwise change nothing and return ``False``. Raises ``UserNotFoundError``."""
+        Otherwise change nothing and return ``False``. Raises ``UserNotFoundError``.
+
+        An applied state also links its holder to the subscription's Polar customer, in
+        the same write: when the holder has no ``polar_customer_id``, ``state.customer_id``
+        is set, and no other user holds that customer. An existing link is kept."""
         ...
 
     def get_subscription(self, subscription_id: str) -> SubscriptionState | None: ...
@@ -143,7 +147,7 @@ class Store(Protocol):
         * ``state`` given and ``state.user_id`` unknown: raise ``UserNotFoundError``,
           write nothing.
         * A ``processed`` row with ``event.webhook_id`` exists: change nothing; return
-          ``IngestResult(stored, created=False, applied=None)``.
+          ``IngestResult(stored, created=False, applied=None, duplicate=True)``.
         * A ``received``/``failed`` row exists whose ``claimed_until`` is later than
           ``event.received_at`` (another request holds the delivery, running its
           callback): change nothing; return

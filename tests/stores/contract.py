@@ -419,6 +419,52 @@ class StoreContract:
         assert store.apply_subscription(state(version=4), webhook_id="wh1") is False
         assert store.get_event("wh1") == event("wh1")
 
+    # -- applying a state links its holder to the subscription's Polar customer ----------
+    def test_applied_state_links_an_unlinked_holder_to_its_customer(self, store: Store) -> None:
+        store.create_user(user("u1"))
+        store.apply_subscription(state(version=1, customer_id="cus_1"))
+        linked = store.get_user_by_polar_customer("cus_1")
+        assert linked is not None and linked.id == "u1"
+        assert linked.polar_customer_id == "cus_1"
+        assert linked.polar_subscription_version == 1  # the same write as the mirror
+
+    def test_ingested_state_links_an_unlinked_holder_to_its_customer(self, store: Store) -> None:
+        store.create_user(user("u1"))
+        result = store.ingest_event(event("wh1"), state(version=1, customer_id="cus_1"))
+        assert result.applied is True
+        linked = store.get_user("u1")
+        assert linked is not None and linked.polar_customer_id == "cus_1"
+        assert store.get_user_by_polar_customer("cus_1") == linked
+
+    def test_applied_state_keeps_the_holders_existing_customer_link(self, store: Store) -> None:
+        store.create_user(user("u1"))
+        store.link_polar_customer("u1", "cus_old")
+        store.ingest_event(event("wh1"), state(version=1, customer_id="cus_new"))
+        kept = store.get_user("u1")
+        assert kept is not None and kept.polar_customer_id == "cus_old"
+        assert store.get_user_by_polar_customer("cus_new") is None
+
+    def test_applied_state_never_takes_a_customer_linked_to_another_user(
+        self, store: Store
+    ) -> None:
+        store.create_user(user("u1"))
+        store.create_user(user("u2"))
+        store.link_polar_customer("u2", "cus_1")
+        assert store.ingest_event(event("wh1"), state(version=1, customer_id="cus_1")).applied
+        holder = store.get_user_by_polar_customer("cus_1")
+        assert holder is not None and holder.id == "u2"
+        unlinked = store.get_user("u1")
+        assert unlinked is not None and unlinked.polar_customer_id is None
+        assert unlinked.polar_subscription_version == 1  # the state itself was applied
+
+    def test_refused_state_links_nothing(self, store: Store) -> None:
+        store.create_user(user("u1"))
+        store.apply_subscription(state(version=5))
+        assert store.apply_subscription(state(version=4, customer_id="cus_1")) is False
+        stale = store.ingest_event(event("wh1"), state(version=3, customer_id="cus_1"))
+        assert stale.applied is False
+        assert store.get_user_by_polar_customer("cus_1") is None
+
     def test_apply_for_unknown_user_raises_user_not_found(self, store: Store) -> None:
         with pytest.raises(UserNotFoundError):
             store.apply_subscription(state(user_id="nobody"))
@@ -523,7 +569,7 @@ class StoreContract:
     def test_ingest_new_event_with_newer_state_creates_and_applies(self, store: Store) -> None:
         store.create_user(user("u1"))
         result = store.ingest_event(event("wh1"), state(version=3))
-        assert (result.created, result.applied) == (True, True)
+        assert (result.created, result.applied, result.duplicate) == (True, True, False)
         assert (result.event.status, result.event.outcome) == ("received", "applied")
         assert (result.event.user_id, result.event.subscription_id) == ("u1", "sub1")
         assert store.get_event("wh1") == result.event
@@ -561,6 +607,7 @@ class StoreContract:
             state(version=2),
         )
         assert (again.event, again.created, again.applied) == (first.event, False, None)
+        assert again.duplicate is True
         assert store.get_event("wh1") == first.event
         assert store.get_subscription("sub1") == state(version=1)
 
@@ -571,7 +618,7 @@ class StoreContract:
         store.ingest_event(event("wh1"), state(version=1))
         store.finish_event("wh1", status="failed", at=T0, error="callback raised")
         retry = store.ingest_event(event("wh1"), state(version=2))
-        assert (retry.created, retry.applied) == (False, None)
+        assert (retry.created, retry.applied, retry.duplicate) == (False, None, False)
         assert (retry.event.attempts, retry.event.status, retry.event.outcome) == (
             2,
             "received",

@@ -490,3 +490,128 @@ def test_an_unchanged_mirror_is_not_rewritten(tmp_path: Path) -> None:
         assert updated is not None and updated.polar_subscription_version == 2
     finally:
         store.close()
+
+
+def test_a_new_delivery_is_ingested_with_six_statements(tmp_path: Path) -> None:
+    """SQLite, the usual webhook (a new delivery, a newer state of a known subscription,
+    a changed mirror): one query reads the user and the subscriptions, no inbox read."""
+    store = SqlStore.from_url(f"sqlite:///{tmp_path / 'kavach.db'}")
+    try:
+        store.create_user(user("u1"))
+        store.link_polar_customer("u1", "cus_1")
+        assert store.apply_subscription(state(version=1, customer_id="cus_1"))
+        statements: list[str] = []
+        store._db.connection().set_trace_callback(statements.append)
+        try:
+            result = store.ingest_event(event("wh1"), state(version=2, customer_id="cus_1"))
+        finally:
+            store._db.connection().set_trace_callback(None)
+        assert result.applied is True and result.created is True
+        assert [" ".join(s.split()[:2]) for s in statements] == [
+            "BEGIN IMMEDIATE",
+            "SELECT u.polar_customer_id,",
+            "UPDATE kavach_polar_subscriptions",
+            "UPDATE kavach_users",
+            "INSERT INTO",
+            "COMMIT",
+        ]
+    finally:
+        store.close()
+
+
+def test_a_redelivery_is_rolled_back_and_ingested_as_a_retry(sql_store: SqlStore) -> None:
+    """The first run takes every delivery for a new one and writes its state; a stored
+    delivery rolls that back and is run again, reading it: a processed one keeps
+    nothing of it, an unprocessed one has its state applied."""
+    sql_store.create_user(user("u1"))
+    sql_store.ingest_event(event("wh1", status="processed", processed_at=T0))
+    duplicate = sql_store.ingest_event(event("wh1"), state(version=1, customer_id="cus_1"))
+    assert duplicate.created is False and duplicate.applied is None
+    assert sql_store.get_subscription("sub1") is None
+    untouched = sql_store.get_user("u1")
+    assert untouched is not None and untouched.polar_customer_id is None
+    assert untouched.polar_subscription_version is None
+
+    sql_store.ingest_event(event("wh2"))  # received, no state yet
+    retry = sql_store.ingest_event(event("wh2"), state(version=1, customer_id="cus_1"))
+    assert retry.created is False and retry.applied is True
+    assert retry.event.attempts == 2 and retry.event.outcome == "applied"
+    applied = sql_store.get_user("u1")
+    assert applied is not None and applied.polar_customer_id == "cus_1"
+    assert applied.polar_subscription_version == 1
+    assert sql_store.count_events() == 2
+
+
+def test_a_link_refused_by_the_unique_index_is_run_again(
+    sql_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer linked by another transaction between the check and the ``UPDATE``:
+    the unique index refuses the link, the write is rolled back and run again, and the
+    state is applied without it. (Simulated: the first check misses the other link.)"""
+    sql_store.create_user(user("u1"))
+    sql_store.create_user(user("u2"))
+    sql_store.link_polar_customer("u2", "cus_1")
+    real_check = sql_store._customer_to_link
+    calls: list[str] = []
+
+    def missing_the_link_once(s: Any, holder: Any) -> str | None:
+        calls.append(s.id)
+        return s.customer_id if len(calls) % 2 == 1 else real_check(s, holder)
+
+    monkeypatch.setattr(sql_store, "_customer_to_link", missing_the_link_once)
+    assert sql_store.apply_subscription(state("sub1", version=1, customer_id="cus_1"))
+    result = sql_store.ingest_event(event("wh1"), state("sub2", version=1, customer_id="cus_1"))
+    assert result.applied is True and result.created is True
+    assert calls == ["sub1", "sub1", "sub2", "sub2"]
+    unlinked = sql_store.get_user("u1")
+    assert unlinked is not None and unlinked.polar_customer_id is None
+    assert unlinked.polar_subscription_version == 1
+    holder = sql_store.get_user_by_polar_customer("cus_1")
+    assert holder is not None and holder.id == "u2"
+    assert sql_store.get_event("wh1") is not None
+
+
+def test_a_link_made_concurrently_elsewhere_wins(
+    backend: SqliteFile | SqlServer, sql_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another transaction links the customer while a state of it is applied: the state is
+    applied, the customer stays with the other user. On PostgreSQL and MySQL the apply's
+    ``UPDATE`` waits on the other's uncommitted link, is refused and run again; SQLite's
+    ``BEGIN IMMEDIATE`` waits for the other's commit, then sees the link."""
+    sql_store.create_user(user("u1"))
+    sql_store.create_user(user("u2"))
+    checks: list[str | None] = []
+    real_check = sql_store._customer_to_link
+    checked = threading.Event()
+
+    def spied_check(s: Any, holder: Any) -> str | None:
+        checks.append(real_check(s, holder))
+        checked.set()
+        return checks[-1]
+
+    monkeypatch.setattr(sql_store, "_customer_to_link", spied_check)
+    other = SqlStore.from_url(backend.url)
+    linking = threading.Event()
+
+    def link_slowly() -> None:
+        with other._transaction():
+            other._run(other._sql.update_user_customer, ("cus_1", "u2"))
+            linking.set()
+            if backend.kind != "sqlite":  # SQLite: the apply waits for this commit
+                assert checked.wait(5)  # the apply missed the link: let it reach its UPDATE
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=link_slowly)
+    thread.start()
+    try:
+        assert linking.wait(5)
+        assert sql_store.apply_subscription(state(version=1, customer_id="cus_1"))
+    finally:
+        thread.join()
+        other.close()
+    assert checks == ([None] if backend.kind == "sqlite" else ["cus_1", None])
+    holder = sql_store.get_user_by_polar_customer("cus_1")
+    assert holder is not None and holder.id == "u2"
+    unlinked = sql_store.get_user("u1")
+    assert unlinked is not None and unlinked.polar_customer_id is None
+    assert unlinked.polar_subscription_version == 1
