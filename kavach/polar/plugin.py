@@ -11,7 +11,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 import attrs
@@ -19,7 +19,6 @@ import requests
 
 from kavach.errors import (
     ConfigurationError,
-    ConflictError,
     NotFoundError,
     OrganizationMismatchError,
     PolarNotFoundError,
@@ -31,9 +30,12 @@ from kavach.errors import (
 )
 from kavach.polar.access import AccessDecision, decide_access
 from kavach.polar.client import PRODUCTION_API_URL, SANDBOX_API_URL, PolarClient
+from kavach.polar.decoding import decode_subscription_event
 from kavach.polar.models import Checkout, CustomerSession
 from kavach.polar.subscriptions import (
+    USER_ID_METADATA_KEY,
     PolarSubscription,
+    SubscriptionPayload,
     SubscriptionPayloadError,
     organization_of,
     parse_datetime,
@@ -71,7 +73,6 @@ SUBSCRIPTION_EVENTS = frozenset(
     }
 )
 #: The metadata key kavach puts on checkouts (Polar copies it onto the subscription).
-USER_ID_METADATA_KEY = "kavach_user_id"
 DEFAULT_MAX_WEBHOOK_BODY = 1024 * 1024
 #: How long (seconds) a delivery whose callback is running blocks concurrent copies of it.
 DEFAULT_WEBHOOK_CLAIM_SECONDS = 60.0
@@ -412,8 +413,8 @@ class PolarPlugin:
         for sub_id, data in found.items():
             if self.organization_id and organization_of(data) not in (None, self.organization_id):
                 continue
-            self._link_customer(user, data)
             state = state_from_payload(data, user.id, fallback_time=now)
+            self._check_customer_link(user, state.customer_id)
             if self._store.apply_subscription(state):
                 applied.append(sub_id)
                 self._notify(user.id, state)
@@ -535,6 +536,9 @@ class PolarPlugin:
             )
         self._verifier.verify(body, headers)
         webhook_id = _header(headers, "webhook-id")
+        fast = decode_subscription_event(body, event_types=SUBSCRIPTION_EVENTS)
+        if fast is not None:
+            return self._ingest(webhook_id, fast.event_type, fast.payload, fast.subscription)
         envelope = parse_json(body)
         return self._process(webhook_id, envelope, body.decode("utf-8", errors="replace"))
 
@@ -558,48 +562,62 @@ class PolarPlugin:
         return self._process(webhook_id, envelope, stored.payload)
 
     def _process(self, webhook_id: str, envelope: Any, payload: str) -> WebhookOutcome:
-        """Everything after verification: dedupe, record, match, apply, notify."""
+        """The generic reading of a parsed envelope, then :meth:`_ingest`."""
         if not isinstance(envelope, dict):
             raise WebhookPayloadError("bad_envelope", "webhook body is not a JSON object")
         event_type = envelope.get("type")
         data = envelope.get("data")
         if not isinstance(event_type, str) or not event_type:
             raise WebhookPayloadError("bad_envelope", "webhook body has no 'type'")
-        seen = self._store.get_event(webhook_id)
-        if seen is not None and seen.status == "processed":
-            return _duplicate(seen, event_type)
-        delivery = _Delivery(
-            webhook_id=webhook_id,
-            event_type=event_type,
-            payload=payload,
-            received_at=self._clock.now(),
-            seen=seen,
-        )
+        subscription = None
+        if event_type in SUBSCRIPTION_EVENTS and isinstance(data, dict):
+            subscription = SubscriptionPayload.from_dict(
+                data,
+                fallback_time=parse_datetime(envelope.get("timestamp")),
+            )
+        return self._ingest(webhook_id, event_type, payload, subscription)
+
+    def _ingest(
+        self,
+        webhook_id: str,
+        event_type: str,
+        payload: str,
+        subscription: SubscriptionPayload | None,
+    ) -> WebhookOutcome:
+        """Everything after reading: record, match, apply, notify. ``subscription`` is
+        ``None`` for other events, and for a subscription event whose ``data`` is not an
+        object.
+
+        There is no duplicate check before the work: ``ingest_event`` makes it, under the
+        store's lock, and answers ``duplicate`` for an already processed delivery (a
+        redelivery is rare; a read before every delivery would cost them all).
+        """
+        delivery = _Delivery(webhook_id, event_type, payload, self._clock.now())
         if event_type not in SUBSCRIPTION_EVENTS:
             return self._finish(delivery, "ignored")
-        if not isinstance(data, dict):
+        if subscription is None:
             return self._fail(delivery, "subscription event without data")
-        envelope_time = parse_datetime(envelope.get("timestamp"))
-        return self._apply_subscription_event(delivery, data, envelope_time)
+        return self._apply_subscription_event(delivery, subscription)
 
     def _apply_subscription_event(
-        self, delivery: _Delivery, data: dict[str, Any], envelope_time: datetime | None
+        self, delivery: _Delivery, subscription: SubscriptionPayload
     ) -> WebhookOutcome:
         if self.organization_id:
-            org = organization_of(data)
+            org = subscription.organization_id
             if org is not None and org != self.organization_id:
                 return self._finish(delivery, "foreign_organization")
-        user = self._match_user(data)
+        user = self._match_user(subscription)
         if user is None:
             log.info(
                 "webhook %s (%s) matches no kavach user", delivery.webhook_id, delivery.event_type
             )
             return self._finish(delivery, "unmatched")
-        self._link_customer(user, data)
         try:
-            state = state_from_payload(data, user.id, fallback_time=envelope_time)
+            state = subscription.state_for(user.id)
         except SubscriptionPayloadError as exc:
             return self._fail(delivery, str(exc), user_id=user.id)
+        if user.polar_customer_id != state.customer_id:
+            self._check_customer_link(user, state.customer_id)
         callback = self.on_subscription_change
         # Without a callback the delivery is done once ingested; with one, it stays
         # "received", claimed by this request, until the callback returned: a copy of it
@@ -616,7 +634,7 @@ class PolarPlugin:
             state,
         )
         _raise_if_in_flight(result, delivery)
-        if _is_duplicate(result, status, delivery.seen):
+        if result.duplicate:
             return _duplicate(result.event, delivery.event_type)
         applied = result.applied
         if applied is None:
@@ -651,48 +669,41 @@ class PolarPlugin:
             state.id,
         )
 
-    def _match_user(self, data: dict[str, Any]) -> UserRecord | None:
+    def _match_user(self, subscription: SubscriptionPayload) -> UserRecord | None:
         """``customer.external_id``, then ``metadata.kavach_user_id``, then the stored
         Polar customer id (design.md, "Matching the user")."""
         store = self._store
-        customer = data.get("customer")
-        if isinstance(customer, dict):
-            external_id = customer.get("external_id")
-            if isinstance(external_id, str) and external_id:
-                user = store.get_user(external_id)
+        for user_id in (subscription.external_id, subscription.metadata_user_id):
+            if user_id is not None:
+                user = store.get_user(user_id)
                 if user is not None:
                     return user
-        metadata = data.get("metadata")
-        if isinstance(metadata, dict):
-            meta_id = metadata.get(USER_ID_METADATA_KEY)
-            if isinstance(meta_id, str) and meta_id:
-                user = store.get_user(meta_id)
-                if user is not None:
-                    return user
-        customer_id = data.get("customer_id")
-        if not isinstance(customer_id, str) and isinstance(customer, dict):
-            customer_id = customer.get("id")
-        if isinstance(customer_id, str) and customer_id:
-            return store.get_user_by_polar_customer(customer_id)
+        if subscription.customer_ref is not None:
+            return store.get_user_by_polar_customer(subscription.customer_ref)
         return None
 
-    def _link_customer(self, user: UserRecord, data: dict[str, Any]) -> None:
-        """Remember the user's Polar customer id on first match."""
-        customer_id = data.get("customer_id")
-        if not isinstance(customer_id, str) or not customer_id:
+    def _check_customer_link(self, user: UserRecord, customer_id: str | None) -> None:
+        """Log what linking the user to the subscription's Polar customer will not do.
+
+        The store links an unlinked user to the customer of the first state it applies
+        to them, in that same write (see ``Store.apply_subscription``); it never replaces
+        a link, and never takes a customer another user holds. Those two cases are
+        worth a warning; a read, and only for a user not linked yet.
+        """
+        if not customer_id:
             return
-        if user.polar_customer_id is not None:
-            if user.polar_customer_id != customer_id:
+        linked = user.polar_customer_id
+        if linked is not None:
+            if linked != customer_id:
                 log.warning(
                     "user %s is linked to Polar customer %s; a subscription names %s",
                     user.id,
-                    user.polar_customer_id,
+                    linked,
                     customer_id,
                 )
             return
-        try:
-            self._store.link_polar_customer(user.id, customer_id)
-        except ConflictError:
+        holder = self._store.get_user_by_polar_customer(customer_id)
+        if holder is not None and holder.id != user.id:
             log.warning(
                 "Polar customer %s is already linked to another user; not linking %s",
                 customer_id,
@@ -708,7 +719,7 @@ class PolarPlugin:
         event = delivery.event("processed", outcome=outcome)
         result = self._store.ingest_event(event)
         _raise_if_in_flight(result, delivery)
-        if _is_duplicate(result, event.status, delivery.seen):
+        if result.duplicate:
             return _duplicate(result.event, delivery.event_type)
         return WebhookOutcome(delivery.webhook_id, delivery.event_type, outcome)
 
@@ -720,21 +731,18 @@ class PolarPlugin:
         event = delivery.event("failed", error=reason, user_id=user_id)
         result = self._store.ingest_event(event)
         _raise_if_in_flight(result, delivery)
-        if _is_duplicate(result, event.status, delivery.seen):
+        if result.duplicate:
             return _duplicate(result.event, delivery.event_type)
         raise WebhookPayloadError("bad_subscription", reason)
 
 
-@attrs.frozen
-class _Delivery:
-    """A verified delivery on its way into the inbox."""
+class _Delivery(NamedTuple):
+    """A verified delivery on its way into the inbox (one per request: a named tuple)."""
 
     webhook_id: str
     event_type: str
     payload: str
     received_at: datetime
-    #: The unprocessed inbox row the duplicate check found for this id, if any.
-    seen: InboxEvent | None
 
     def event(
         self,
@@ -780,21 +788,6 @@ def _duplicate(stored: InboxEvent, event_type: str) -> WebhookOutcome:
     return WebhookOutcome(
         stored.webhook_id, event_type, "duplicate", stored.user_id, stored.subscription_id
     )
-
-
-def _is_duplicate(result: IngestResult, requested: str, seen: InboxEvent | None) -> bool:
-    """Did ``ingest_event`` find the delivery already processed (and leave it untouched)?
-
-    A row this call wrote has the status it asked for, so a processed row is another
-    delivery's when another status was asked for. When "processed" was asked for, it is
-    another delivery's if the duplicate check found no row at all: a concurrent delivery
-    of the same id inserted it since (deliveries handled with the same configuration
-    insert it processed, then). An unfinished row the check did find is this call's to
-    retry.
-    """
-    if result.created or result.event.status != "processed":
-        return False
-    return requested != "processed" or seen is None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:

@@ -8,13 +8,15 @@ ignored and unknown statuses kept as plain strings.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
 from kavach.records import ACTIVE_STATUSES, REVOKED_STATUSES, SubscriptionState
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The checkout metadata key that carries the kavach user id back in subscriptions.
+USER_ID_METADATA_KEY = "kavach_user_id"
 _fromisoformat = datetime.fromisoformat
 
 
@@ -114,25 +116,82 @@ def _opt_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def subscription_version(data: dict[str, Any], fallback: datetime | None) -> int:
+def subscriptionversion_from_times(data: dict[str, Any], fallback: datetime | None) -> int:
     """``data.modified_at``, else ``data.created_at``, else ``fallback``, as a version.
 
     Raises :class:`SubscriptionPayloadError` when none of them is a readable time.
     """
-    return _version(data, parse_datetime(data.get("created_at")), fallback)
+    created_at = parse_datetime(data.get("created_at"))
+    return version_from_times(data.get("modified_at"), created_at, fallback)
 
 
-def _version(data: dict[str, Any], created_at: datetime | None, fallback: datetime | None) -> int:
-    when = parse_datetime(data.get("modified_at")) or created_at or fallback
+def version_from_times(
+    modified_at: Any, created_at: datetime | None, fallback: datetime | None
+) -> int:
+    """The version of ``modified_at`` (text), else ``created_at``, else ``fallback``."""
+    when = parse_datetime(modified_at) or created_at or fallback
     if when is None:
         raise SubscriptionPayloadError("subscription has no modified_at, created_at or timestamp")
     return version_of(when)
 
 
-def state_from_payload(
-    data: dict[str, Any], user_id: str, *, fallback_time: datetime | None
-) -> SubscriptionState:
-    """A :class:`SubscriptionState` from a Polar ``Subscription`` JSON object."""
+class SubscriptionPayload(NamedTuple):
+    """What kavach reads from one Polar ``Subscription`` object, before it knows the user.
+
+    ``state_fields`` are the keyword arguments of :class:`SubscriptionState` but
+    ``user_id`` (:meth:`state_for` adds it); the other fields are what finds the user
+    and the organization. ``error`` is set, and ``state_fields`` empty, when the object
+    lacks what a state needs (an ``id``, a ``status``, a readable time): it is raised
+    by :meth:`state_for`, once the delivery is matched and recorded.
+
+    Built from a parsed dict by :meth:`from_dict` (the reference reading, tolerant of
+    any JSON), or from typed fields by the fast decoder in
+    :mod:`kavach.polar.decoding`, which must give the same result. (A named tuple: one
+    is made per webhook delivery, and it never leaves kavach.)
+    """
+
+    state_fields: dict[str, Any]
+    external_id: str | None
+    metadata_user_id: str | None
+    customer_ref: str | None
+    organization_id: str | None
+    error: str | None = None
+
+    def state_for(self, user_id: str) -> SubscriptionState:
+        """The state of this subscription held by ``user_id``; raises
+        :class:`SubscriptionPayloadError` when the object lacks what a state needs."""
+        if self.error is not None:
+            raise SubscriptionPayloadError(self.error)
+        return SubscriptionState(user_id=user_id, **self.state_fields)
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], *, fallback_time: datetime | None
+    ) -> SubscriptionPayload:
+        """Read a parsed ``Subscription`` object: unknown fields ignored, unreadable
+        optional values taken as missing, unknown statuses kept as they are."""
+        customer = data.get("customer")
+        if not isinstance(customer, dict):
+            customer = {}
+        metadata = data.get("metadata")
+        meta_id = metadata.get(USER_ID_METADATA_KEY) if isinstance(metadata, dict) else None
+        customer_ref = data.get("customer_id")
+        if not isinstance(customer_ref, str):
+            customer_ref = customer.get("id")
+        match = {
+            "external_id": _opt_str(customer.get("external_id")),
+            "metadata_user_id": _opt_str(meta_id),
+            "customer_ref": _opt_str(customer_ref),
+            "organization_id": organization_of(data),
+        }
+        try:
+            fields = _state_fields(data, fallback_time)
+        except SubscriptionPayloadError as exc:
+            return cls({}, error=str(exc), **match)
+        return cls(fields, **match)
+
+
+def _state_fields(data: dict[str, Any], fallback_time: datetime | None) -> dict[str, Any]:
     sub_id = data.get("id")
     status = data.get("status")
     if not isinstance(sub_id, str) or not sub_id:
@@ -141,28 +200,34 @@ def state_from_payload(
         raise SubscriptionPayloadError(f"subscription {sub_id} has no status")
     get = data.get
     created_at = parse_datetime(get("created_at"))
-    return SubscriptionState(
-        id=sub_id,
-        user_id=user_id,
-        status=status,
-        product_id=_opt_str(get("product_id")),
-        current_period_end=parse_datetime(get("current_period_end")),
-        cancel_at_period_end=get("cancel_at_period_end") is True,
-        version=_version(data, created_at, fallback_time),
-        customer_id=_opt_str(get("customer_id")),
-        created_at=created_at,
-        started_at=parse_datetime(get("started_at")),
-        current_period_start=parse_datetime(get("current_period_start")),
-        trial_end=parse_datetime(get("trial_end")),
-        canceled_at=parse_datetime(get("canceled_at")),
-        ends_at=parse_datetime(get("ends_at")),
-        ended_at=parse_datetime(get("ended_at")),
-        past_due_at=parse_datetime(get("past_due_at")),
-        checkout_id=_opt_str(get("checkout_id")),
-        amount=_opt_int(get("amount")),
-        currency=_opt_str(get("currency")),
-        recurring_interval=_opt_str(get("recurring_interval")),
-    )
+    return {
+        "id": sub_id,
+        "status": status,
+        "product_id": _opt_str(get("product_id")),
+        "current_period_end": parse_datetime(get("current_period_end")),
+        "cancel_at_period_end": get("cancel_at_period_end") is True,
+        "version": version_from_times(get("modified_at"), created_at, fallback_time),
+        "customer_id": _opt_str(get("customer_id")),
+        "created_at": created_at,
+        "started_at": parse_datetime(get("started_at")),
+        "current_period_start": parse_datetime(get("current_period_start")),
+        "trial_end": parse_datetime(get("trial_end")),
+        "canceled_at": parse_datetime(get("canceled_at")),
+        "ends_at": parse_datetime(get("ends_at")),
+        "ended_at": parse_datetime(get("ended_at")),
+        "past_due_at": parse_datetime(get("past_due_at")),
+        "checkout_id": _opt_str(get("checkout_id")),
+        "amount": _opt_int(get("amount")),
+        "currency": _opt_str(get("currency")),
+        "recurring_interval": _opt_str(get("recurring_interval")),
+    }
+
+
+def state_from_payload(
+    data: dict[str, Any], user_id: str, *, fallback_time: datetime | None
+) -> SubscriptionState:
+    """A :class:`SubscriptionState` from a Polar ``Subscription`` JSON object."""
+    return SubscriptionState(user_id=user_id, **_state_fields(data, fallback_time))
 
 
 def organization_of(data: dict[str, Any]) -> str | None:

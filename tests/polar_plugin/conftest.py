@@ -13,7 +13,7 @@ import pytest
 
 from kavach import FrozenClock, Kavach, PasswordHasher, create_kavach
 from kavach.auth import polar
-from kavach.polar import PolarPlugin, PolarSubscription, sign_webhook
+from kavach.polar import PolarPlugin, PolarSubscription, decoding, sign_webhook
 from kavach.polar.webhooks import Derivation
 
 SECRET = "whsec_" + base64.b64encode(b"kavach-test-secret-32-bytes-long").decode()
@@ -55,10 +55,13 @@ class PolarHarness:
         return self.plugin.handle_webhook(body, self.headers(body, msg_id, **kwargs))
 
 
-STORE_KINDS = ["memory", "json", "sqlite"]
+#: The stores every plugin test runs on. "memory-generic" is the memory store with the
+#: fast webhook decoder (msgspec) switched off: every body takes the generic path.
+STORE_KINDS = ["memory", "json", "sqlite", "memory-generic"]
 
 
 def store_url(kind: str, tmp_path: Path) -> str:
+    kind = kind.removesuffix("-generic")
     if kind == "memory":
         return "memory://"
     if kind == "json":
@@ -67,7 +70,11 @@ def store_url(kind: str, tmp_path: Path) -> str:
 
 
 @pytest.fixture(params=STORE_KINDS)
-def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PolarHarness]:
+def harness(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[PolarHarness]:
+    if request.param.endswith("-generic"):
+        monkeypatch.setattr(decoding, "_decoder", None)
     clock = FrozenClock(START)
     callbacks = CallbackRecorder()
     plugin = polar(

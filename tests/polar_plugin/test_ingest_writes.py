@@ -1,6 +1,7 @@
 """How many store writes a webhook delivery costs (each one is a commit, an fsync on
 SQLite): one per delivery, two when ``on_subscription_change`` must run, none for a
-duplicate. Runs on the memory, JSON-file and SQLite stores (see conftest ``harness``).
+duplicate (its one ``ingest_event`` call finds it processed and commits nothing). Runs
+on the memory, JSON-file and SQLite stores (see conftest ``harness``).
 """
 
 from __future__ import annotations
@@ -106,9 +107,12 @@ def test_duplicate_delivery_writes_nothing(harness: PolarHarness, writes: list[s
     user, customer = linked_user(harness)
     body, msg_id = update(user, customer, new_id(), 1), new_id()
     harness.deliver(body, msg_id)
+    before = harness.kavach.store.get_event(msg_id)
     writes.clear()
     assert harness.deliver(body, msg_id).outcome == "duplicate"
-    assert writes == []
+    # The one call finds the delivery processed, under the store's lock, and leaves it.
+    assert writes == ["ingest_event"]
+    assert harness.kavach.store.get_event(msg_id) == before
 
 
 def test_applied_delivery_is_stored_processed_in_its_one_write(harness: PolarHarness) -> None:

@@ -1,0 +1,168 @@
+"""The fast path from a verified webhook body to what kavach needs of a subscription event.
+
+A Polar subscription event is ~3 KB of JSON, of which kavach reads ~25 values. Parsing
+all of it into dicts (``json``, or ``orjson``) is most of an ingest's CPU time. With the
+optional ``msgspec`` package (extra ``fast``), :func:`decode_subscription_event` decodes
+the body against a typed schema of just those values: the rest is checked as JSON and
+skipped without building objects.
+
+The fast path is an optimization, never a second meaning. It returns ``None`` — and
+the caller takes the generic path (:func:`kavach.polar.webhooks.parse_json`, then
+:meth:`SubscriptionPayload.from_dict`) — whenever the body is not exactly what it
+expects: not valid UTF-8, not JSON msgspec accepts, another event type, a value of
+another JSON type than Polar's (the generic reading tolerates those), an empty id or
+status. When it does answer, the answer equals the generic path's
+(``tests/polar_plugin/test_decoding.py`` checks this on generated payloads). Times are
+decoded as text and read by the same :func:`parse_datetime` as the generic path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from kavach.polar.subscriptions import (
+    USER_ID_METADATA_KEY,
+    SubscriptionPayload,
+    SubscriptionPayloadError,
+    parse_datetime,
+    version_from_times,
+)
+
+try:  # the optional accelerator (extra "fast")
+    import msgspec
+except ImportError:  # pragma: no cover - depends on the environment
+    msgspec = None  # type: ignore[assignment]
+
+
+class SubscriptionEvent(NamedTuple):
+    """A subscription event read by the fast path: its type, what kavach needs of its
+    ``data``, and the body as text (the inbox keeps it)."""
+
+    event_type: str
+    subscription: SubscriptionPayload
+    payload: str
+
+
+def decode_subscription_event(
+    body: bytes, *, event_types: frozenset[str]
+) -> SubscriptionEvent | None:
+    """The fast reading of a verified body whose ``type`` is one of ``event_types``;
+    ``None`` when the generic path must decide (see the module docstring)."""
+    if _decoder is None:
+        return None
+    try:
+        payload = body.decode("utf-8")
+        envelope = _decoder.decode(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError, msgspec.DecodeError
+        return None
+    data = envelope.data
+    if envelope.type not in event_types or data is None or not data.id or not data.status:
+        return None
+    subscription = _payload(data, parse_datetime(envelope.timestamp))
+    if subscription is None:
+        return None
+    return SubscriptionEvent(envelope.type, subscription, payload)
+
+
+def _payload(data: Any, fallback_time: Any) -> SubscriptionPayload | None:
+    """:meth:`SubscriptionPayload.from_dict`'s reading of the typed ``data``."""
+    customer = data.customer
+    metadata = data.metadata
+    customer_id = data.customer_id
+    customer_ref = customer_id
+    if customer_ref is None and customer is not None:
+        customer_ref = customer.id
+    created_at = parse_datetime(data.created_at)
+    try:
+        version = version_from_times(data.modified_at, created_at, fallback_time)
+    except SubscriptionPayloadError:
+        return None  # the generic path words the error
+    return SubscriptionPayload(
+        {
+            "id": data.id,
+            "status": data.status,
+            "product_id": data.product_id or None,
+            "current_period_end": parse_datetime(data.current_period_end),
+            "cancel_at_period_end": data.cancel_at_period_end is True,
+            "version": version,
+            "customer_id": customer_id or None,
+            "created_at": created_at,
+            "started_at": parse_datetime(data.started_at),
+            "current_period_start": parse_datetime(data.current_period_start),
+            "trial_end": parse_datetime(data.trial_end),
+            "canceled_at": parse_datetime(data.canceled_at),
+            "ends_at": parse_datetime(data.ends_at),
+            "ended_at": parse_datetime(data.ended_at),
+            "past_due_at": parse_datetime(data.past_due_at),
+            "checkout_id": data.checkout_id or None,
+            "amount": data.amount,
+            "currency": data.currency or None,
+            "recurring_interval": data.recurring_interval or None,
+        },
+        external_id=(customer.external_id or None) if customer is not None else None,
+        metadata_user_id=(metadata.user_id or None) if metadata is not None else None,
+        customer_ref=customer_ref or None,
+        organization_id=_organization(data),
+    )
+
+
+def _organization(data: Any) -> str | None:
+    """:func:`~kavach.polar.subscriptions.organization_of` on the typed ``data``: its
+    own ``organization_id``, else its product's, else its customer's."""
+    if data.organization_id is not None:
+        return str(data.organization_id)
+    for nested in (data.product, data.customer):
+        if nested is not None and nested.organization_id is not None:
+            return str(nested.organization_id)
+    return None
+
+
+_decoder: Any = None
+
+if msgspec is not None:
+    # Every field optional with a None default, typed as Polar sends it: a value of
+    # another type fails the decode (-> the generic path), never gets coerced.
+    # Times stay text: parse_datetime reads them, exactly as on the generic path.
+
+    class _Customer(msgspec.Struct):
+        id: str | None = None
+        external_id: str | None = None
+        organization_id: str | None = None
+
+    class _Product(msgspec.Struct):
+        organization_id: str | None = None
+
+    class _Metadata(msgspec.Struct):
+        user_id: str | None = msgspec.field(default=None, name=USER_ID_METADATA_KEY)
+
+    class _Subscription(msgspec.Struct):
+        id: str | None = None
+        status: str | None = None
+        product_id: str | None = None
+        current_period_end: str | None = None
+        cancel_at_period_end: bool | None = None
+        modified_at: str | None = None
+        created_at: str | None = None
+        customer_id: str | None = None
+        started_at: str | None = None
+        current_period_start: str | None = None
+        trial_end: str | None = None
+        canceled_at: str | None = None
+        ends_at: str | None = None
+        ended_at: str | None = None
+        past_due_at: str | None = None
+        checkout_id: str | None = None
+        amount: int | None = None
+        currency: str | None = None
+        recurring_interval: str | None = None
+        organization_id: str | None = None
+        customer: _Customer | None = None
+        product: _Product | None = None
+        metadata: _Metadata | None = None
+
+    class _Envelope(msgspec.Struct):
+        type: str
+        timestamp: str | None = None
+        data: _Subscription | None = None
+
+    _decoder = msgspec.json.Decoder(_Envelope)
