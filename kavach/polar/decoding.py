@@ -23,9 +23,8 @@ from typing import Any, NamedTuple
 from kavach.polar.subscriptions import (
     USER_ID_METADATA_KEY,
     SubscriptionPayload,
-    SubscriptionPayloadError,
     parse_datetime,
-    version_from_times,
+    version_of,
 )
 
 try:  # the optional accelerator (extra "fast")
@@ -58,14 +57,15 @@ def decode_subscription_event(
     data = envelope.data
     if envelope.type not in event_types or data is None or not data.id or not data.status:
         return None
-    subscription = _payload(data, parse_datetime(envelope.timestamp))
+    subscription = _payload(data, envelope.timestamp)
     if subscription is None:
         return None
     return SubscriptionEvent(envelope.type, subscription, payload)
 
 
-def _payload(data: Any, fallback_time: Any) -> SubscriptionPayload | None:
-    """:meth:`SubscriptionPayload.from_dict`'s reading of the typed ``data``."""
+def _payload(data: Any, envelope_time: str | None) -> SubscriptionPayload | None:
+    """:meth:`SubscriptionPayload.from_dict`'s reading of the typed ``data``; the
+    envelope's time is only read when the subscription has none."""
     customer = data.customer
     metadata = data.metadata
     customer_id = data.customer_id
@@ -73,9 +73,9 @@ def _payload(data: Any, fallback_time: Any) -> SubscriptionPayload | None:
     if customer_ref is None and customer is not None:
         customer_ref = customer.id
     created_at = parse_datetime(data.created_at)
-    try:
-        version = version_from_times(data.modified_at, created_at, fallback_time)
-    except SubscriptionPayloadError:
+    modified_at = parse_datetime(data.modified_at)
+    when = modified_at or created_at or parse_datetime(envelope_time)
+    if when is None:
         return None  # the generic path words the error
     return SubscriptionPayload(
         {
@@ -84,7 +84,7 @@ def _payload(data: Any, fallback_time: Any) -> SubscriptionPayload | None:
             "product_id": data.product_id or None,
             "current_period_end": parse_datetime(data.current_period_end),
             "cancel_at_period_end": data.cancel_at_period_end is True,
-            "version": version,
+            "version": version_of(when),
             "customer_id": customer_id or None,
             "created_at": created_at,
             "started_at": parse_datetime(data.started_at),

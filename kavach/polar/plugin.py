@@ -627,9 +627,15 @@ class PolarPlugin:
         if callback is not None:
             claimed_until = delivery.received_at + timedelta(seconds=self.webhook_claim_seconds)
         store = self._store
+        # The outcome the store writes is "applied" or "stale", whatever is asked for;
+        # asking for the likely one lets it keep this row as it is rather than copy it.
         result = store.ingest_event(
             delivery.event(
-                status, user_id=user.id, subscription_id=state.id, claimed_until=claimed_until
+                status,
+                outcome="applied",
+                user_id=user.id,
+                subscription_id=state.id,
+                claimed_until=claimed_until,
             ),
             state,
         )

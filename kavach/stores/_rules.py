@@ -140,6 +140,13 @@ def ingested(
         if subscription_id is None:
             subscription_id = state.id
     if stored is None:
+        if (
+            outcome == event.outcome
+            and user_id == event.user_id
+            and subscription_id == event.subscription_id
+            and claimed_until == event.claimed_until
+        ):
+            return event  # already the row to write (the usual webhook): no copy
         return InboxEvent(
             webhook_id=event.webhook_id,
             event_type=event.event_type,
