@@ -72,7 +72,7 @@ SUBSCRIPTION_EVENTS = frozenset(
         "subscription.revoked",
     }
 )
-#: The metadata key kavach puts on checkouts (Polar copies it onto the subscription).
+#: The largest webhook body accepted (bytes); larger ones are answered 413.
 DEFAULT_MAX_WEBHOOK_BODY = 1024 * 1024
 #: How long (seconds) a delivery whose callback is running blocks concurrent copies of it.
 DEFAULT_WEBHOOK_CLAIM_SECONDS = 60.0

@@ -116,15 +116,6 @@ def _opt_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def subscriptionversion_from_times(data: dict[str, Any], fallback: datetime | None) -> int:
-    """``data.modified_at``, else ``data.created_at``, else ``fallback``, as a version.
-
-    Raises :class:`SubscriptionPayloadError` when none of them is a readable time.
-    """
-    created_at = parse_datetime(data.get("created_at"))
-    return version_from_times(data.get("modified_at"), created_at, fallback)
-
-
 def version_from_times(
     modified_at: Any, created_at: datetime | None, fallback: datetime | None
 ) -> int:
