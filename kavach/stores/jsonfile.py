@@ -266,7 +266,7 @@ class JsonFileStore(TableStore):
                     events=tuple(from_json(InboxEvent, d) for d in data["events"]),
                 )
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise StoreCorruptError(f"{self.path}: malformed record ({exc!r})") from exc
         self._tables = tables
         self._generation = generation
@@ -310,7 +310,8 @@ class JsonFileStore(TableStore):
         try:
             change = _decode_change(entry)
             self._tables.apply(change)  # wrong-typed fields (an int email) fail here
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # OverflowError: an aware time before datetime.min once in UTC (0001-01-01T00:00+01:00)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise StoreCorruptError(f"{where}: malformed record ({exc!r})") from exc
 
     # -- writing --------------------------------------------------------------------------

@@ -322,6 +322,9 @@ def garbage_lines(draw: st.DrawFn) -> bytes:
 @example(garbage=b'{"g": 1, "subscriptions": [{"id": [], "user_id": "u", "status": "active", '
          b'"product_id": null, "current_period_end": null, "cancel_at_period_end": false, '
          b'"version": 1}]}\n')
+# An aware time before datetime.min once converted to UTC: OverflowError, not ValueError.
+@example(garbage=b'{"g": 1, "users": [{"id": "x", "email": "x@y.z", "name": null, '
+         b'"password_hash": null, "created_at": "0001-01-01T00:00:00+01:00"}]}\n')
 def test_garbage_after_valid_lines_opens_them_or_is_reported_as_corruption(
     base_store: tuple[Path, bytes, list[str]], garbage: bytes
 ) -> None:
