@@ -109,12 +109,11 @@ def _payload(data: Any, envelope_time: str | None) -> SubscriptionPayload | None
 def _organization(data: Any) -> str | None:
     """:func:`~kavach.polar.subscriptions.organization_of` on the typed ``data``: its
     own ``organization_id``, else its product's, else its customer's."""
-    if data.organization_id is not None:
-        return str(data.organization_id)
+    org: str | None = data.organization_id
     for nested in (data.product, data.customer):
-        if nested is not None and nested.organization_id is not None:
-            return str(nested.organization_id)
-    return None
+        if org is None and nested is not None:
+            org = nested.organization_id
+    return org
 
 
 _decoder: Any = None
