@@ -30,13 +30,14 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 from urllib.parse import urlsplit
 
 import attrs
-import requests
 
 from kavach.cli import CliError, _parse_bool
-from kavach.polar.client import PRODUCTION_API_URL, SANDBOX_API_URL
+from kavach.polar.hosts import PRODUCTION_API_URL, SANDBOX_API_URL
 from kavach.polar.webhooks import Derivation, secret_keys, sign_webhook
 
 if TYPE_CHECKING:
+    import requests
+
     from kavach.testing._fake_objects import CustomerRecord, ProductRecord, SubscriptionRecord
 
 JSON = dict[str, Any]
@@ -184,6 +185,8 @@ def deliver(
 ) -> DeliveryResult:
     """POST ``body`` to ``url`` as Polar does: redirects not followed, ``timeout`` seconds
     to connect and to answer. Never raises for network failures: see ``error``."""
+    import requests  # here, not at the top: ``kavach --help`` need not load it
+
     http = session or requests.Session()
     start = time.perf_counter()
     try:
@@ -218,7 +221,15 @@ def deliver(
             http.close()
 
 
+def _new_session() -> requests.Session:
+    import requests
+
+    return requests.Session()
+
+
 def _network_error(exc: requests.RequestException) -> str:
+    import requests
+
     if isinstance(exc, requests.ConnectionError):
         return "connection failed (refused, unreachable or DNS)"
     return type(exc).__name__
@@ -537,7 +548,7 @@ class Doctor:
     """
 
     settings: DoctorSettings
-    session: requests.Session = attrs.field(factory=requests.Session)
+    session: requests.Session = attrs.field(factory=_new_session)
     timeout: float = DELIVERY_TIMEOUT
     slow_after: float = RECOMMENDED_ANSWER_SECONDS
 
@@ -636,6 +647,8 @@ class Doctor:
 
     # -- the token against the API --------------------------------------------------
     def _probe(self, base_url: str) -> _Probe:
+        import requests
+
         token = self.settings.token or ""
         start = time.perf_counter()
         try:
@@ -847,7 +860,7 @@ def add_doctor_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
 def run_doctor(args: argparse.Namespace, environ: Mapping[str, str], stdout: TextIO) -> int:
     """``kavach polar doctor``: 0 when no check FAILs, 1 otherwise."""
     settings = DoctorSettings.from_args(args, environ)
-    with requests.Session() as session:
+    with _new_session() as session:
         doctor = Doctor(settings, session=session, timeout=args.timeout)
         checks = []
         for check in doctor.checks():

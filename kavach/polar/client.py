@@ -23,12 +23,11 @@ import requests
 from kavach.errors import InvalidInputError, PolarResponseError
 from kavach.polar import _protocol
 from kavach.polar._transport import RetryPolicy, Timeout, Transport
+from kavach.polar.hosts import PRODUCTION_API_URL, SANDBOX_API_URL
 from kavach.polar.models import Checkout, CustomerSession, make_converter
 
 __all__ = ["PRODUCTION_API_URL", "SANDBOX_API_URL", "PolarClient", "Timeout"]
 
-PRODUCTION_API_URL = "https://api.polar.sh"
-SANDBOX_API_URL = "https://sandbox-api.polar.sh"
 DEFAULT_PAGE_SIZE = 100
 
 

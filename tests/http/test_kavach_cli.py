@@ -169,6 +169,32 @@ def test_python_dash_m_kavach_is_the_same_program() -> None:
     assert "serve" in result.stdout and "migrate" in result.stdout
 
 
+def test_building_the_parser_loads_neither_requests_nor_the_polar_plugin() -> None:
+    # ``kavach --help`` and every parse start fast: the HTTP client and the plugin load
+    # only when a command needs them (kavach.polar's names load on first use).
+    code = (
+        "import sys; from kavach.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('requests', 'kavach.polar.plugin', 'kavach.polar.client') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_polar_package_still_gives_its_names() -> None:
+    import kavach.polar
+    from kavach.polar.plugin import PolarPlugin
+
+    assert kavach.polar.PolarPlugin is PolarPlugin
+    assert set(kavach.polar.__all__) == set(kavach.polar._EXPORTS)
+    assert set(kavach.polar.__all__) <= set(dir(kavach.polar))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = kavach.polar.nope  # type: ignore[attr-defined]
+
+
 def test_flags_win_over_the_environment() -> None:
     args = build_parser().parse_args(
         ["serve", "--database", "memory://", "--trusted-origin", "https://a.example"]
