@@ -18,9 +18,11 @@ decoded as text and read by the same :func:`parse_datetime` as the generic path.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import re
+from typing import Annotated, Any, NamedTuple
 
 from kavach.polar.subscriptions import (
+    MAX_TEXT_LENGTH,
     USER_ID_METADATA_KEY,
     SubscriptionPayload,
     parse_datetime,
@@ -49,6 +51,8 @@ def decode_subscription_event(
     ``None`` when the generic path must decide (see the module docstring)."""
     if _decoder is None:
         return None
+    if b"\\u" in body and _UNSTORABLE_ESCAPE.search(body):
+        return None  # a NUL or a surrogate somewhere: the generic path checks each value
     try:
         payload = body.decode("utf-8")
         envelope = _decoder.decode(body)
@@ -116,33 +120,41 @@ def _organization(data: Any) -> str | None:
     return org
 
 
+#: A JSON escape of NUL or of a UTF-16 surrogate (lone or paired: the generic path tells).
+_UNSTORABLE_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
 _decoder: Any = None
 
 if msgspec is not None:
     # Every field optional with a None default, typed as Polar sends it: a value of
     # another type fails the decode (-> the generic path), never gets coerced.
     # Times stay text: parse_datetime reads them, exactly as on the generic path.
+    # Text a store keeps is at most MAX_TEXT_LENGTH characters, and the amount fits 64
+    # bits: anything longer or larger fails the decode too (the generic path drops an
+    # optional value it cannot store, and refuses an id or status it cannot).
+    _Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_LENGTH)]
+    _Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
     class _Customer(msgspec.Struct):
-        id: str | None = None
-        external_id: str | None = None
+        id: _Text | None = None
+        external_id: _Text | None = None
         organization_id: str | None = None
 
     class _Product(msgspec.Struct):
         organization_id: str | None = None
 
     class _Metadata(msgspec.Struct):
-        user_id: str | None = msgspec.field(default=None, name=USER_ID_METADATA_KEY)
+        user_id: _Text | None = msgspec.field(default=None, name=USER_ID_METADATA_KEY)
 
     class _Subscription(msgspec.Struct):
-        id: str | None = None
-        status: str | None = None
-        product_id: str | None = None
+        id: _Text | None = None
+        status: _Text | None = None
+        product_id: _Text | None = None
         current_period_end: str | None = None
         cancel_at_period_end: bool | None = None
         modified_at: str | None = None
         created_at: str | None = None
-        customer_id: str | None = None
+        customer_id: _Text | None = None
         started_at: str | None = None
         current_period_start: str | None = None
         trial_end: str | None = None
@@ -150,10 +162,10 @@ if msgspec is not None:
         ends_at: str | None = None
         ended_at: str | None = None
         past_due_at: str | None = None
-        checkout_id: str | None = None
-        amount: int | None = None
-        currency: str | None = None
-        recurring_interval: str | None = None
+        checkout_id: _Text | None = None
+        amount: _Int64 | None = None
+        currency: _Text | None = None
+        recurring_interval: _Text | None = None
         organization_id: str | None = None
         customer: _Customer | None = None
         product: _Product | None = None

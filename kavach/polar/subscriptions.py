@@ -108,12 +108,38 @@ def version_of(when: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+#: The longest text a store keeps in an id or name column (the SQL stores' VARCHAR(255)).
+MAX_TEXT_LENGTH = 255
+#: The integers every store keeps (PostgreSQL and MySQL BIGINT, SQLite INTEGER).
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def storable_text(value: str) -> bool:
+    """Whether every store keeps ``value`` as it is: at most :data:`MAX_TEXT_LENGTH`
+    characters, no NUL (PostgreSQL refuses it) and valid UTF-8 (no lone surrogate, which
+    a JSON ``\\ud800`` escape can make). A value that fails is never given to a store: the
+    stores would refuse it differently (or not at all), and a retry could not help."""
+    if len(value) > MAX_TEXT_LENGTH or "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _opt_str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    """An optional text value; missing when absent, empty, not text or not storable."""
+    return value if isinstance(value, str) and value and storable_text(value) else None
 
 
 def _opt_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An optional integer; missing when absent, not an integer or beyond 64 bits."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if _INT64_MIN <= value <= _INT64_MAX else None
+    return None
 
 
 def version_from_times(
@@ -187,8 +213,14 @@ def _state_fields(data: dict[str, Any], fallback_time: datetime | None) -> dict[
     status = data.get("status")
     if not isinstance(sub_id, str) or not sub_id:
         raise SubscriptionPayloadError("subscription has no id")
+    if not storable_text(sub_id):
+        raise SubscriptionPayloadError("subscription id is not storable text (over "
+                                       f"{MAX_TEXT_LENGTH} characters, NUL or not UTF-8)")
     if not isinstance(status, str) or not status:
         raise SubscriptionPayloadError(f"subscription {sub_id} has no status")
+    if not storable_text(status):
+        raise SubscriptionPayloadError(f"subscription {sub_id} has a status that is not "
+                                       "storable text")
     get = data.get
     created_at = parse_datetime(get("created_at"))
     return {

@@ -184,7 +184,7 @@ def parse_json(body: bytes) -> Any:
             pass
     try:
         return json.loads(body)
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; too deep
         raise WebhookVerificationError("malformed_json", "webhook body is not valid JSON") from None
 
 
