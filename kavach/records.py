@@ -25,7 +25,7 @@ class UserRecord:
     id: str
     email: str  # as given; lookups are case-insensitive
     name: str | None
-    password_hash: str | None
+    password_hash: str | None = attrs.field(repr=False)  # never in logs or tracebacks
     created_at: datetime
     polar_customer_id: str | None = None
     # The mirror of the user's most relevant subscription (see subscription_rank).

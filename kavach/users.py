@@ -40,6 +40,14 @@ def _has_lone_surrogate(text: str) -> bool:
     return False
 
 
+def _could_be_stored(email: object) -> bool:
+    """Whether a looked-up email could be a stored one: text without NUL (which
+    :func:`validate_email` never lets in, and PostgreSQL refuses even in a query) or
+    lone surrogates. Any other is answered as unknown without asking the store, so every
+    store answers alike."""
+    return isinstance(email, str) and "\x00" not in email and not _has_lone_surrogate(email)
+
+
 def validate_email(email: object) -> str:
     """The email, stripped; raises :class:`InvalidInputError` when it is not plausible."""
     if not isinstance(email, str):
@@ -82,7 +90,7 @@ def validate_name(name: object) -> str | None:
     if not isinstance(name, str):
         raise InvalidInputError("name must be a string", field="name")
     value = name.strip()
-    if _has_lone_surrogate(value):
+    if _has_lone_surrogate(value) or "\x00" in value:  # PostgreSQL cannot store NUL
         raise InvalidInputError("name is not valid Unicode text", field="name")
     if len(value) > MAX_NAME_LENGTH:
         raise InvalidInputError(
@@ -125,7 +133,7 @@ class Users:
 
     def get_by_email(self, email: str) -> User | None:
         """The user with this email (case-insensitive), or ``None``."""
-        record = self._store.get_user_by_email(email)
+        record = self._store.get_user_by_email(email) if _could_be_stored(email) else None
         return User.from_record(record) if record else None
 
     def update(
@@ -150,7 +158,7 @@ class Users:
     def authenticate(self, email: str, password: str) -> User:
         """The user whose email and password match; otherwise ``InvalidCredentialsError``
         (the same error, at about the same cost, for an unknown email and a wrong password)."""
-        record = self._store.get_user_by_email(email) if isinstance(email, str) else None
+        record = self._store.get_user_by_email(email) if _could_be_stored(email) else None
         if not isinstance(password, str) or len(password) > MAX_PASSWORD_LENGTH:
             raise InvalidCredentialsError()
         if record is None or record.password_hash is None:

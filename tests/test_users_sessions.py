@@ -216,3 +216,11 @@ def test_password_hashing_runs_at_most_max_concurrent_at_once() -> None:
 def test_max_concurrent_must_be_positive() -> None:
     with pytest.raises(ValueError):
         PasswordHasher(max_concurrent=0)
+
+
+def test_a_user_records_repr_never_shows_the_password_hash(kavach: Kavach) -> None:
+    user = kavach.users.create("jane@acme.io", password="correct horse battery")
+    record = kavach.store.get_user(user.id)
+    assert record is not None and record.password_hash
+    assert record.password_hash not in repr(record)
+    assert "password_hash" not in repr(record)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kavach.errors import ConfigurationError
+from kavach.stores._urls import redacted
 from kavach.stores.base import SCHEMA_VERSION, Store, normalize_email
 
 __all__ = ["SCHEMA_VERSION", "Store", "normalize_email", "open_store"]
@@ -30,16 +31,6 @@ _PROVIDER_SCHEMES = {
     "mysql": "mysql",
     "mariadb": "mysql",
 }
-
-
-def _redact(url: str) -> str:
-    """``url`` with any password replaced, for error messages."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
 
 
 def open_store(database: Any = None) -> Store:
@@ -90,7 +81,7 @@ def _open_url(url: str) -> Store:
     scheme = scheme.lower()
     if not sep:
         raise ConfigurationError(
-            f"database URL {_redact(url)!r} has no scheme (try sqlite:///{url})", field="database"
+            f"database URL {redacted(url)!r} has no scheme (try sqlite:///{url})", field="database"
         )
     if scheme == "memory":
         from kavach.stores.memory import MemoryStore
@@ -108,7 +99,7 @@ def _open_url(url: str) -> Store:
 
         return SqlStore.from_url(url)
     raise ConfigurationError(
-        f"unknown database URL scheme {scheme!r} in {_redact(url)!r}; "
+        f"unknown database URL scheme {scheme!r} in {redacted(url)!r}; "
         "use memory://, json://, sqlite://, postgresql:// or mysql://",
         field="database",
     )

@@ -106,6 +106,7 @@ from kavach.errors import (
     ConflictError,
     EmailTakenError,
     NotFoundError,
+    StoreCorruptError,
     StoreError,
     UserNotFoundError,
 )
@@ -124,6 +125,7 @@ from kavach.stores._codec import (
     as_utc,
     utc_record,
 )
+from kavach.stores._urls import redacted
 from kavach.stores.base import SCHEMA_VERSION, normalize_email
 
 Dialect = Literal["sqlite", "postgres", "mysql"]
@@ -218,7 +220,17 @@ class _RowCodec(Generic[R]):
         values = list(row)
         for i, convert in self._decoders:
             if values[i] is not None:
-                values[i] = convert(values[i])
+                try:
+                    values[i] = convert(values[i])
+                except (ValueError, TypeError, OverflowError):
+                    # Written by something else than kavach (or by hand): say which
+                    # column, never the value (it may be a hash or a token's).
+                    raise StoreCorruptError(
+                        f"a {self.cls.__name__} row holds an unreadable {self.columns[i]!r} "
+                        f"value ({type(values[i]).__name__})"
+                    ) from None
+        if len(values) != len(self.columns):
+            raise StoreCorruptError(f"a {self.cls.__name__} row has {len(values)} columns")
         record: R = self.cls(*values)
         return record
 
@@ -751,7 +763,7 @@ class SqlStore:
         try:
             return cls(database)
         except StoreError as exc:
-            raise StoreError(f"cannot open {_redacted(url)}: {exc}") from exc
+            raise StoreError(f"cannot open {redacted(url)}: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"SqlStore(kind={self.kind!r}, database={self._db.database!r})"
@@ -813,9 +825,15 @@ class SqlStore:
         ``database.execute_sql`` does, minus its query logging and hooks (~1 µs less per
         statement; a webhook runs 6). Driver errors are raised as Peewee's classes
         (``peewee.IntegrityError``...) by Peewee's own wrapper, as ``execute_sql`` does."""
-        with _PEEWEE_ERRORS:
-            cursor = self._db.connection().cursor()
-            cursor.execute(sql, params)
+        try:
+            with _PEEWEE_ERRORS:
+                cursor = self._db.connection().cursor()
+                cursor.execute(sql, params)
+        except (ValueError, OverflowError) as exc:
+            # A parameter the driver cannot bind: NUL in text on PostgreSQL, an integer
+            # beyond 64 bits, a lone surrogate (UnicodeEncodeError). Peewee's and the
+            # drivers' database errors are not ValueErrors: they pass as they are.
+            raise StoreError(f"{self.kind} store cannot keep a value: {exc}") from exc
         return cursor
 
     def _one(self, sql: str, params: Sequence[Any]) -> Sequence[Any] | None:
@@ -1373,15 +1391,6 @@ def _dialect_of(database: peewee.Database) -> Dialect:
     )
 
 
-def _redacted(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in credentials:
-        return url
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
-
-
 def _driver_options(query: str) -> dict[str, Any]:
     """URL query parameters as driver keyword arguments (digits become ints)."""
     return {k: int(v) if v.isdigit() else v for k, v in parse_qsl(query, keep_blank_values=True)}
@@ -1391,7 +1400,7 @@ def _database_from_url(url: str) -> peewee.Database:
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep:
-        raise ConfigurationError(f"not a database URL: {_redacted(url)!r}", field="database")
+        raise ConfigurationError(f"not a database URL: {redacted(url)!r}", field="database")
     if scheme == "sqlite":
         path = rest[1:] if rest.startswith("/") else rest
         if not path:
@@ -1403,19 +1412,19 @@ def _database_from_url(url: str) -> peewee.Database:
         )
     if scheme not in ("postgres", "postgresql", "mysql", "mariadb", "mysql+pymysql"):
         raise ConfigurationError(
-            f"unknown SQL URL scheme {scheme!r} in {_redacted(url)!r}", field="database"
+            f"unknown SQL URL scheme {scheme!r} in {redacted(url)!r}", field="database"
         )
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
         raise ConfigurationError(
-            f"malformed database URL {_redacted(url)!r}: bad port", field="database"
+            f"malformed database URL {redacted(url)!r}: bad port", field="database"
         ) from exc
     name = unquote(parts.path.lstrip("/"))
     if not name:
         raise ConfigurationError(
-            f"database URL {_redacted(url)!r} names no database", field="database"
+            f"database URL {redacted(url)!r} names no database", field="database"
         )
     options: dict[str, Any] = {"connect_timeout": 10}
     if parts.hostname:

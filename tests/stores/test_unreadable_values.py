@@ -1,0 +1,118 @@
+"""Values the SQL store cannot bind or read: kavach's errors, never a driver's.
+
+* A parameter a driver refuses to bind (NUL in text on PostgreSQL, an integer beyond 64
+  bits, a lone surrogate) is a ``StoreError`` naming the store, not a raw ``ValueError``
+  or ``OverflowError`` (an HTTP 500 with no clue).
+* A row written by something else than kavach, with a value kavach cannot read back, is
+  a ``StoreCorruptError`` naming the record type and the column, never the value.
+* ``kavach.users`` answers a lookup by an email no store could hold (NUL, a lone
+  surrogate) as unknown, and refuses a name with a NUL, on every store alike.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kavach import InvalidCredentialsError, PasswordHasher, create_kavach
+from kavach.errors import InvalidInputError, StoreCorruptError, StoreError
+from kavach.stores import open_store
+from kavach.stores.sql import SqlStore
+
+from .conftest import SqlServer
+from .factories import state, user
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqlStore]:
+    store = SqlStore.from_url(f"sqlite:///{tmp_path / 'k.db'}")
+    yield store
+    store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres", "mysql"])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'k.db'}"
+    server: SqlServer = request.getfixturevalue(f"{request.param}_server")
+    server.empty_tables()
+    return server.url
+
+
+def test_an_integer_beyond_64_bits_is_a_store_error(sqlite_store: SqlStore) -> None:
+    sqlite_store.create_user(user("u1"))
+    with pytest.raises(StoreError, match="sqlite store cannot keep a value"):
+        sqlite_store.apply_subscription(state("s1", user_id="u1", amount=2**70))
+    assert sqlite_store.get_subscription("s1") is None  # rolled back, nothing half-written
+
+
+def test_a_lone_surrogate_is_a_store_error(sqlite_store: SqlStore) -> None:
+    with pytest.raises(StoreError, match="cannot keep a value"):
+        sqlite_store.get_user("\ud800")
+
+
+def test_nul_in_text_is_a_store_error_on_postgres(postgres_server: SqlServer) -> None:
+    postgres_server.empty_tables()
+    store = SqlStore.from_url(postgres_server.url)
+    try:
+        with pytest.raises(StoreError, match="postgres store cannot keep a value"):
+            store.create_user(user("u1", name="a\x00b"))
+        assert store.count_users() == 0
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("created_at", "garbage"), ("created_at", 12), ("created_at", "2026-01-01 00:00:00+05:00")],
+    ids=["not-a-time", "a-number", "a-time-with-offset"],
+)
+def test_a_row_kavach_cannot_read_is_store_corrupt(
+    tmp_path: Path, column: str, value: object
+) -> None:
+    path = tmp_path / "k.db"
+    store = SqlStore.from_url(f"sqlite:///{path}")
+    store.create_user(user("u1"))
+    with sqlite3.connect(path) as db:  # written by something else than kavach
+        db.execute(f"UPDATE kavach_users SET {column} = ? WHERE id = 'u1'", (value,))
+    with pytest.raises(StoreCorruptError, match=f"UserRecord row .*'{column}'") as caught:
+        store.get_user("u1")
+    assert str(value) not in str(caught.value) or str(value) == "12"
+    store.close()
+
+
+def test_an_unreadable_subscription_time_is_store_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "k.db"
+    store = SqlStore.from_url(f"sqlite:///{path}")
+    store.create_user(user("u1"))
+    store.apply_subscription(state("s1", user_id="u1"))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE kavach_polar_subscriptions SET current_period_end = 'soon'")
+    with pytest.raises(StoreCorruptError, match="current_period_end"):
+        store.list_subscriptions("u1")
+    store.close()
+
+
+def test_users_answer_alike_on_every_sql_store(sql_url: str) -> None:
+    with create_kavach(sql_url, password_hasher=PasswordHasher.fast()) as kavach:
+        kavach.users.create("jane@acme.io", password="correct horse battery")
+        for email in ("jane@acme.io\x00", "\ud800@acme.io"):
+            assert kavach.users.get_by_email(email) is None
+            with pytest.raises(InvalidCredentialsError):
+                kavach.users.authenticate(email, "correct horse battery")
+        with pytest.raises(InvalidInputError) as caught:
+            kavach.users.create("joe@acme.io", password="correct horse battery", name="J\x00e")
+        assert caught.value.field == "name"
+
+
+def test_memory_and_json_answer_the_same(tmp_path: Path) -> None:
+    for url in ("memory://", f"json://{tmp_path / 'k.json'}"):
+        store = open_store(url)
+        with create_kavach(store, password_hasher=PasswordHasher.fast()) as kavach:
+            assert kavach.users.get_by_email("a\x00@b.io") is None
+            with pytest.raises(InvalidInputError):
+                kavach.users.create("joe@acme.io", password="correct horse battery",
+                                    name="J\x00e")
