@@ -4,8 +4,17 @@
   drops connections under load);
 * HTTP/1.1 keep-alive with buffered writes and one flush per response (the stock
   unbuffered handler stalls ~44 ms per keep-alive response on delayed ACK);
-* a socket timeout, so a slow or idle client cannot hold a thread forever;
-* one log line per request: method, path, status, duration (never headers or bodies).
+* a socket timeout (``timeout``, 30 s) on every read and write: an idle keep-alive
+  connection is closed after it, silently;
+* a read deadline per request (``request_deadline``, by default the socket timeout,
+  counted from the request's first byte): the request line, headers and body must all
+  arrive within it, so a client trickling bytes just inside the socket timeout cannot
+  hold a thread forever. A request that misses the deadline, or stalls past the socket
+  timeout once started, gets ``408 Request Timeout`` and the connection is closed;
+* at most ``max_connections`` (256) connections handled at once; one more is answered
+  ``503`` and closed straight away (``None`` lifts the cap);
+* one log line per request: method, path, status, duration (never headers or bodies);
+  ``-`` stands for a method or path a malformed request line did not give.
 
 ``make_server(kavach, host, port)`` builds one for tests and embedding (port 0 picks a
 free port; see ``server.server_address``); ``serve(kavach, host, port)`` runs one until
@@ -15,7 +24,9 @@ Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import math
 import signal
 import socket
 import socketserver
@@ -37,6 +48,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("kavach.http")
 
 DEFAULT_TIMEOUT = 30.0
+#: Connections handled at once; one more gets 503.
+DEFAULT_MAX_CONNECTIONS = 256
 _MAX_REQUEST_LINE = 65536
 #: After refusing a body, read and drop at most this much of it (for at most 1 s) before
 #: closing, so the client reads the 413 instead of a connection reset.
@@ -50,6 +63,7 @@ _ERROR_CODES = {
     414: "uri_too_long",
     431: "headers_too_large",
     501: "not_implemented",
+    503: "too_many_connections",
     505: "http_version_not_supported",
 }
 
@@ -58,6 +72,52 @@ def _printable(text: str, limit: int = 200) -> str:
     """``text`` made safe for one log line (no control characters), truncated."""
     text = text[:limit]
     return text if text.isprintable() else repr(text)[1:-1]
+
+
+class _ReadTimeout(TimeoutError):
+    """Reading the connection timed out: the socket timeout, or the request's deadline."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's read side (under the handler's buffered ``rfile``).
+
+    Each ``recv`` waits at most the socket timeout and, while ``deadline`` (a
+    ``time.monotonic()`` value) is set, no later than the deadline; either way a timeout
+    raises :class:`_ReadTimeout`.
+    """
+
+    def __init__(self, sock: socket.socket, timeout: float | None) -> None:
+        super().__init__()
+        self._sock = sock
+        self._timeout = timeout
+        self._applied = timeout  # the timeout the socket has now
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        wait = self._timeout
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise _ReadTimeout("request deadline passed")
+            if wait is None or remaining < wait:
+                wait = remaining
+        if wait != self._applied:
+            self._sock.settimeout(wait)
+            self._applied = wait
+        try:
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            raise _ReadTimeout("read timed out") from None
+
+    def end_request(self) -> None:
+        """The request is read: no deadline, and the plain socket timeout back (for writes)."""
+        self.deadline = None
+        if self._applied != self._timeout:
+            self._sock.settimeout(self._timeout)
+            self._applied = self._timeout
 
 
 class KavachRequestHandler(BaseHTTPRequestHandler):
@@ -72,8 +132,14 @@ class KavachRequestHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         self._unread_body = 0
+        self._start = time.perf_counter()
         self.request.settimeout(self.server.request_timeout)
         super().setup()
+        # Reads go through the deadline-aware reader (same buffering as makefile("rb")).
+        self.rfile.close()
+        self._reader = _DeadlineReader(self.connection, self.server.request_timeout)
+        self._buffered = io.BufferedReader(self._reader, io.DEFAULT_BUFFER_SIZE)
+        self.rfile = self._buffered
         self.server._track(self.connection, add=True)
 
     def finish(self) -> None:
@@ -98,15 +164,23 @@ class KavachRequestHandler(BaseHTTPRequestHandler):
     # -- the request loop ------------------------------------------------------------
     def handle_one_request(self) -> None:
         """Read one request, answer it, flush once."""
-        self._start = time.perf_counter()
+        # Nothing of this request is known yet (and nothing of the last one may show in
+        # its log line): parse_request() may fail before it sets any of these.
+        self.command = self.path = self.requestline = ""
+        self.request_version = self.default_request_version
+        started = False
         try:
-            self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
-            if not self.raw_requestline:
+            # Wait (up to the socket timeout) for the first byte, then start the deadline:
+            # idle time between keep-alive requests does not count against it.
+            if not self._buffered.peek(1):
                 self.close_connection = True
                 return
+            started = True
+            self._start = time.perf_counter()
+            if self.server.request_deadline is not None:
+                self._reader.deadline = time.monotonic() + self.server.request_deadline
+            self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
             if len(self.raw_requestline) > _MAX_REQUEST_LINE:
-                self.requestline = self.request_version = self.command = ""
-                self.path = "?"
                 self.send_error(414)
                 return
             if not self.parse_request():
@@ -115,8 +189,21 @@ class KavachRequestHandler(BaseHTTPRequestHandler):
             self._answer()
             if self.server.closing:
                 self.close_connection = True
-        except OSError:  # a socket timeout, or the client went away mid-request
+        except _ReadTimeout:
             self.close_connection = True
+            if started:  # idle keep-alive connections are closed silently
+                self._request_timeout()
+        except OSError:  # a write timed out, or the client went away mid-request
+            self.close_connection = True
+
+    def _request_timeout(self) -> None:
+        """408 for a request not received in time, then a lingering close."""
+        self._unread_body = self.server.router.max_body_bytes  # drain, so the 408 arrives
+        self._log(408)
+        with contextlib.suppress(OSError):
+            self._write(
+                Response.error(408, "request_timeout", "the request was not received in time")
+            )
 
     def handle_expect_100(self) -> bool:
         """Send ``100 Continue`` only for a body the router will read; a body over the limit
@@ -159,7 +246,7 @@ class KavachRequestHandler(BaseHTTPRequestHandler):
                 elif length != "0":
                     size = int(length)
                     body = self.rfile.read(size)
-                    if len(body) < size:  # the client closed or timed out mid-body
+                    if len(body) < size:  # the client closed mid-body
                         self.close_connection = True
                         return
         if response is not None:
@@ -180,6 +267,7 @@ class KavachRequestHandler(BaseHTTPRequestHandler):
         self._write(response)
 
     def _write(self, response: Response) -> None:
+        self._reader.end_request()
         status = response.status
         reason = self.responses.get(status, ("",))[0]
         parts = [
@@ -213,8 +301,8 @@ class KavachRequestHandler(BaseHTTPRequestHandler):
         elapsed_ms = (time.perf_counter() - self._start) * 1000.0
         path = self.path.partition("?")[0]  # the query string may carry anything: drop it
         logger.info(
-            "%s %s %d %.1fms", _printable(self.command or "-", 20), _printable(path), status,
-            elapsed_ms,
+            "%s %s %d %.1fms", _printable(self.command or "-", 20), _printable(path or "-"),
+            status, elapsed_ms,
         )
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -225,7 +313,9 @@ class KavachHTTPServer(ThreadingHTTPServer):
     """A ``ThreadingHTTPServer`` serving one :class:`Router`.
 
     ``closing`` turns true in :meth:`server_close`; idle keep-alive connections are then
-    shut down and busy ones close after their current response.
+    shut down and busy ones close after their current response. ``timeout``,
+    ``request_deadline`` and ``max_connections`` are :func:`make_server`'s;
+    ``request_deadline`` holds the deadline in effect (``None``: none).
     """
 
     daemon_threads = True
@@ -239,11 +329,28 @@ class KavachHTTPServer(ThreadingHTTPServer):
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         scheme: str = "http",
+        request_deadline: float | None = None,
+        max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
+        if request_deadline is None:
+            request_deadline = timeout
+        elif not request_deadline > 0:
+            raise ValueError(f"request_deadline must be positive, not {request_deadline!r}")
+        if request_deadline == math.inf:
+            request_deadline = None
+        if max_connections is not None and max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1 or None, not {max_connections!r}")
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.router = router
         self.request_timeout = timeout
+        self.request_deadline: float | None = request_deadline
+        self.max_connections = max_connections
+        self._slots = (
+            None if max_connections is None else threading.BoundedSemaphore(max_connections)
+        )
+        self._refused = 0
+        self._refusal_logged = -math.inf
         self.scheme = scheme
         self.closing = False
         self._connections: set[socket.socket] = set()
@@ -267,6 +374,50 @@ class KavachHTTPServer(ThreadingHTTPServer):
         if ":" in host:
             host = f"[{host}]"
         return f"{self.scheme}://{host}:{self.server_port}"
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand the connection to a new thread, or answer 503 when ``max_connections``
+        are already being handled."""
+        if self._slots is not None and not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            if self._slots is not None:
+                self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        """503 and close, from the accepting thread: never blocks (one non-blocking send).
+        Logged at most once a second, with the count refused since the last line."""
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= 1.0:
+            logger.warning(
+                "refused %d connection(s) with 503: max_connections (%d) already open",
+                self._refused, self.max_connections,
+            )
+            self._refused, self._refusal_logged = 0, now
+        body = Response.error(
+            503, "too_many_connections", "the server is handling too many connections"
+        ).body
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nServer: kavach\r\n"
+            "Content-Type: application/json\r\nRetry-After: 1\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(head.encode("latin-1") + body)
+        self.shutdown_request(request)
 
     def _track(self, connection: socket.socket, *, add: bool) -> None:
         with self._connections_lock:
@@ -294,15 +445,26 @@ def make_server(
     timeout: float | None = DEFAULT_TIMEOUT,
     scheme: str = "http",
     router: Router | None = None,
+    request_deadline: float | None = None,
+    max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
 ) -> KavachHTTPServer:
     """A bound, not yet serving, server for ``kavach`` (``port=0``: any free port).
 
     Run it with ``server.serve_forever()`` (in a thread for tests), stop it with
     ``server.shutdown()`` and ``server.server_close()``. ``timeout`` is the per-socket
-    timeout in seconds; ``scheme`` is ``"https"`` when a TLS proxy terminates in front.
+    timeout in seconds (``None``: none); ``request_deadline`` the seconds a request (line,
+    headers and body) has to arrive, from its first byte, else 408 (``None``: the same as
+    ``timeout``; ``math.inf``: no deadline); ``max_connections`` the connections handled
+    at once, one more gets 503 (``None``: no cap). ``scheme`` is ``"https"`` when a TLS
+    proxy terminates in front.
     """
     return KavachHTTPServer(
-        (host, port), router or Router(kavach), timeout=timeout, scheme=scheme
+        (host, port),
+        router or Router(kavach),
+        timeout=timeout,
+        scheme=scheme,
+        request_deadline=request_deadline,
+        max_connections=max_connections,
     )
 
 
@@ -342,12 +504,24 @@ def serve(
     scheme: str = "http",
     router: Router | None = None,
     on_ready: Callable[[KavachHTTPServer], object] | None = None,
+    request_deadline: float | None = None,
+    max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
 ) -> None:
     """Serve ``kavach``'s routes on ``host:port`` until Ctrl-C (or SIGTERM), then shut
     down cleanly and return. ``router`` replaces the default ``Router(kavach)`` (e.g. one
-    with the offline demo page); ``on_ready(server)`` runs once the socket listens."""
+    with the offline demo page); ``on_ready(server)`` runs once the socket listens; the
+    other options are :func:`make_server`'s."""
     _ensure_console_logging()
-    server = make_server(kavach, host, port, timeout=timeout, scheme=scheme, router=router)
+    server = make_server(
+        kavach,
+        host,
+        port,
+        timeout=timeout,
+        scheme=scheme,
+        router=router,
+        request_deadline=request_deadline,
+        max_connections=max_connections,
+    )
     try:
         with _sigterm_as_interrupt():
             try:
