@@ -14,6 +14,9 @@ second checkout):
   rate limiter rejects a request before any route runs). Otherwise, once a connection is
   open, nothing is retried: not a read timeout, not a reset, not a 5xx.
 * ``PATCH`` and ``DELETE`` (and anything else) are never retried.
+* A failure after the request may have been sent (a read timeout, a reset, a body cut
+  off) is reported as such (:class:`PolarTimeoutError` for a timeout): for a method that
+  is not retried, the message says the request may have reached Polar.
 * At most ``max_retries`` retries (``max_retries + 1`` attempts). The wait before retry
   ``n`` (0-based) is ``min(backoff_cap, backoff_base * 2**n)``, jittered into its upper
   half. A ``retry-after`` header (seconds) replaces that wait; when it asks for more than
@@ -31,7 +34,7 @@ from typing import Any
 
 import attrs
 import requests
-from urllib3.exceptions import MaxRetryError, NewConnectionError
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutError
 
 from kavach._version import __version__
 from kavach.errors import ConfigurationError, PolarConnectionError, PolarTimeoutError
@@ -39,6 +42,35 @@ from kavach.errors import ConfigurationError, PolarConnectionError, PolarTimeout
 logger = logging.getLogger("kavach.polar")
 
 RETRYABLE_METHODS = frozenset({"GET", "HEAD"})
+
+#: The ``requests`` errors that mean the network or the server failed us. Any other
+#: ``RequestException`` (``InvalidHeader``, ``InvalidURL``, ``InvalidJSONError``...) is
+#: raised while the request is built and may quote what was sent, headers included.
+NETWORK_ERRORS = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+
+def validate_access_token(value: object) -> str:
+    """``value`` if it can be sent as a bearer token; else :class:`ConfigurationError`.
+
+    A Polar token is visible ASCII (``polar_oat_...``): no space, control character
+    (a pasted newline) or non-ASCII character (a typographic quote), which ``requests``
+    would refuse later with an error quoting the header, token included. The error
+    raised here never holds the token.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError("access_token must not be empty", field="access_token")
+    if not all("!" <= char <= "~" for char in value):
+        raise ConfigurationError(
+            "access_token must be visible ASCII characters only (no spaces, line breaks, "
+            "quotes or other non-ASCII characters: check how it was pasted)",
+            field="access_token",
+        )
+    return value
 
 
 @attrs.frozen
@@ -151,6 +183,8 @@ def _root_cause(exc: BaseException) -> str:
     if isinstance(reason, NewConnectionError):
         # "<HTTPSConnection object at 0x..>: Failed to establish a new connection: [Errno..]"
         return str(reason).split(": ", 1)[-1]
+    if not isinstance(reason, BaseException):  # a plain message: name the error itself
+        return type(exc).__name__
     return type(reason).__name__
 
 
@@ -186,8 +220,7 @@ class Transport:
     ) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ConfigurationError("base_url must be an http(s) URL", field="base_url")
-        if not isinstance(access_token, str) or not access_token.strip():
-            raise ConfigurationError("access_token must not be empty", field="access_token")
+        validate_access_token(access_token)
         self.base_url = base_url.rstrip("/")
         self._access_token = access_token
         self.timeout = Timeout() if timeout is None else Timeout.coerce(timeout)
@@ -229,7 +262,9 @@ class Transport:
         """Send ``method path`` (retrying as the module docs say); return the last response.
 
         Raises :class:`PolarTimeoutError` or :class:`PolarConnectionError` when no answer
-        came back; an answer of any status is returned, not raised.
+        came back (or the request could not be built: then without the ``requests`` error
+        chained, as its text may quote the headers); an answer of any status is returned,
+        not raised.
         """
         method = method.upper()
         url = self.base_url + path
@@ -238,6 +273,7 @@ class Transport:
         attempts = self.retry.max_retries + 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
+            unsendable: str | None = None
             try:
                 response = self._session.request(
                     method,
@@ -248,7 +284,7 @@ class Transport:
                     timeout=self.timeout.as_requests(),
                     allow_redirects=False,
                 )
-            except requests.RequestException as exc:
+            except NETWORK_ERRORS as exc:
                 if last or not may_retry_error(method, exc):
                     raise _connection_error(exc, method, path) from exc
                 delay = self.retry.backoff(attempt, self.rand())
@@ -263,6 +299,17 @@ class Transport:
                 )
                 self.sleep(delay)
                 continue
+            except requests.RequestException as exc:
+                # Raised while building the request; its text may quote a header (the
+                # token): keep only its type, and raise outside this block so that
+                # neither __cause__ nor __context__ holds it.
+                unsendable = type(exc).__name__
+            if unsendable is not None:
+                raise PolarConnectionError(
+                    f"Polar {method} {path} failed: the request could not be sent ({unsendable})",
+                    method=method,
+                    path=path,
+                )
             if last or not may_retry_status(method, response.status_code):
                 return response
             delay_or_none = self._delay_for(response, attempt)
@@ -306,17 +353,49 @@ def _query_params(params: Mapping[str, Any] | None) -> list[tuple[str, str]] | N
     return pairs
 
 
+def _is_read_timeout(exc: requests.RequestException) -> bool:
+    """A timeout waiting for the answer: ``ReadTimeout``, or the ``ConnectionError``
+    ``requests`` raises when the body stalls after the headers came."""
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return True
+    reason: object = exc.args[0] if exc.args else None
+    if isinstance(reason, MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, ReadTimeoutError)
+
+
 def _connection_error(
     exc: requests.RequestException, method: str, path: str
 ) -> PolarConnectionError:
-    if isinstance(exc, requests.exceptions.Timeout):
+    """The error for a request that got no (complete) answer.
+
+    A request that provably never left is "could not reach Polar". Any other failure
+    may have happened after Polar received the request: the message says so, and for a
+    method kavach does not retry (a POST may have created a checkout) that it was not
+    retried.
+    """
+    where = f"Polar {method} {path} failed"
+    if never_sent(exc):
+        if isinstance(exc, requests.exceptions.Timeout):
+            return PolarTimeoutError(
+                f"{where}: could not reach Polar in time ({type(exc).__name__})",
+                method=method,
+                path=path,
+            )
+        return PolarConnectionError(
+            f"{where}: could not reach Polar ({_root_cause(exc)})", method=method, path=path
+        )
+    after = (
+        "; the request may have reached Polar, so it was not retried"
+        if method not in RETRYABLE_METHODS
+        else ""
+    )
+    if isinstance(exc, requests.exceptions.Timeout) or _is_read_timeout(exc):
         return PolarTimeoutError(
-            f"Polar {method} {path} failed: no answer in time ({type(exc).__name__})",
-            method=method,
-            path=path,
+            f"{where}: no answer in time ({_root_cause(exc)}){after}", method=method, path=path
         )
     return PolarConnectionError(
-        f"Polar {method} {path} failed: could not reach Polar ({_root_cause(exc)})",
+        f"{where}: the connection to Polar failed ({_root_cause(exc)}){after}",
         method=method,
         path=path,
     )

@@ -6,8 +6,10 @@ status → exception). No Polar SDK is used at run time.
 
 Every method raises a :class:`~kavach.errors.PolarAPIError` subclass when Polar answers
 non-2xx, :class:`~kavach.errors.PolarConnectionError` (or its ``PolarTimeoutError``)
-when no answer came, and :class:`~kavach.errors.PolarResponseError` when a 2xx body
-cannot be read. No message or ``repr`` ever holds the access token.
+when no answer came (its message says when the request may have reached Polar),
+:class:`~kavach.errors.InvalidInputError` for an id that cannot be a path segment, and
+:class:`~kavach.errors.PolarResponseError` when a 2xx body cannot be read. No message or
+``repr`` ever holds the access token.
 """
 
 from __future__ import annotations
@@ -32,9 +34,17 @@ DEFAULT_PAGE_SIZE = 100
 
 
 def _segment(value: str, field: str) -> str:
-    """``value`` as one URL path segment (``/`` and ``..`` cannot escape the route)."""
+    """``value`` as one percent-encoded URL path segment.
+
+    ``/`` and every other reserved character are encoded, so ``value`` cannot add a
+    segment. The dot segments ``.`` and ``..`` are refused (:class:`InvalidInputError`):
+    no encoding keeps them in place, since URL normalization (urllib3's, the server's)
+    removes them, which would turn ``GET /v1/checkouts/.`` into the list route.
+    """
     if not isinstance(value, str) or not value.strip():
         raise InvalidInputError(f"{field} must be a non-empty string", field=field)
+    if value in (".", ".."):
+        raise InvalidInputError(f"{field} must not be {value!r} (a dot segment)", field=field)
     return quote(value, safe="")
 
 
@@ -135,16 +145,21 @@ class PolarClient:
         return _protocol.structure(self._converter, data, Checkout, method="GET", path=path)
 
     # -- subscriptions ---------------------------------------------------------------
-    def list_subscriptions(self, **filters: Any) -> Iterator[dict[str, Any]]:
+    def list_subscriptions(
+        self, *, metadata: Mapping[str, str] | None = None, **filters: Any
+    ) -> Iterator[dict[str, Any]]:
         """Every subscription matching ``filters``, page after page, as raw JSON objects.
 
         ``filters`` are Polar's query parameters (``external_customer_id``,
         ``customer_id``, ``organization_id``, ``status``, ``limit``...; a list repeats
-        the key). Pages are fetched lazily, ``limit`` (default 100) per page, until
+        the key). ``metadata={"key": "value"}`` is Polar's ``metadata[key]=value``
+        filter. Pages are fetched lazily, ``limit`` (default 100) per page, until
         ``page >= pagination.max_page``.
         """
         path = "/v1/subscriptions/"
         params: dict[str, Any] = {"limit": DEFAULT_PAGE_SIZE, **filters}
+        for key, value in (metadata or {}).items():
+            params[f"metadata[{key}]"] = value
         page = int(params.pop("page", 1))
         while True:
             data = self.request("GET", path, params={**params, "page": page})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -22,12 +23,14 @@ from kavach.errors import (
     NotFoundError,
     OrganizationMismatchError,
     PolarNotFoundError,
+    PolarValidationError,
     UserNotFoundError,
     WebhookCallbackError,
     WebhookInProgressError,
     WebhookPayloadError,
     WebhookVerificationError,
 )
+from kavach.polar._transport import validate_access_token
 from kavach.polar.access import AccessDecision, decide_access
 from kavach.polar.client import PRODUCTION_API_URL, SANDBOX_API_URL, PolarClient
 from kavach.polar.decoding import decode_subscription_event
@@ -76,6 +79,10 @@ SUBSCRIPTION_EVENTS = frozenset(
 DEFAULT_MAX_WEBHOOK_BODY = 1024 * 1024
 #: How long (seconds) a delivery whose callback is running blocks concurrent copies of it.
 DEFAULT_WEBHOOK_CLAIM_SECONDS = 60.0
+#: A Polar object id as Polar writes it (a UUID in canonical form, polar-api.md §8).
+_POLAR_ID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
 
 SubscriptionCallback = Callable[[str, PolarSubscription], object]
 
@@ -201,7 +208,7 @@ class PolarPlugin:
         past_due_grace: timedelta = timedelta(0),
         webhook_claim_seconds: float = DEFAULT_WEBHOOK_CLAIM_SECONDS,
     ) -> None:
-        token = _validated_secret(access_token, "access_token")
+        token = validate_access_token(_validated_secret(access_token, "access_token"))
         secret = _validated_secret(webhook_secret, "webhook_secret")
         if organization_id is not None and (
             not isinstance(organization_id, str) or not organization_id.strip()
@@ -390,35 +397,87 @@ class PolarPlugin:
         """Pull the user's subscriptions from Polar and apply them through the guarded write.
 
         The repair path for a missed webhook and for the return from checkout: lists
-        ``GET /v1/subscriptions/?external_customer_id=<user_id>`` (all pages) and, when the
-        user's Polar customer id is known, ``?customer_id=<id>`` too. Older data than what
-        is stored never overwrites it; the callback runs once per applied change.
+        ``GET /v1/subscriptions/`` (all pages) with ``?external_customer_id=<user_id>``,
+        ``?metadata[kavach_user_id]=<user_id>`` (the checkout metadata Polar copies onto
+        the subscription: it finds a subscription whose Polar customer was reused by
+        email, without the external id) and, when the user's Polar customer id is known,
+        ``?customer_id=<id>``; a subscription found by several is applied once. One
+        whose customer or metadata names another kavach user (the webhook's matching
+        rule) is left to that user. Older data than what is stored never overwrites it;
+        the callback runs once per applied change.
         """
         user = self._store.get_user(user_id)
         if user is None:
             raise UserNotFoundError(user_id)
-        found: dict[str, dict[str, Any]] = {}
-        queries: list[dict[str, str]] = [{"external_customer_id": user.id}]
+        return self._sync(user)
+
+    def _sync(
+        self,
+        user: UserRecord,
+        *,
+        checkout_customer_id: str | None = None,
+        checkout_id: str | None = None,
+    ) -> SyncResult:
+        """:meth:`sync`, plus the subscriptions of ``checkout_customer_id`` (the customer
+        of the user's succeeded checkout ``checkout_id``) that are this user's.
+
+        Ownership is the webhook's matching rule (``_match_user``: customer external id,
+        then ``metadata.kavach_user_id``, then the customer a user is linked to), read as
+        each subscription is applied: one it gives to another user is skipped. One it
+        gives to no one is the user's only when a query that proves it found it (the
+        user's external id, metadata or linked customer), or when ``checkout_id``
+        created it: the checkout's customer may have been found by email and be someone
+        else's, so its other subscriptions are not taken on that ground. (Applying the
+        checkout's own subscription links the user to that customer, unless another
+        user holds it, exactly as its webhook would; from then on the rule gives the
+        user that customer's subscriptions, as it does for webhooks.) Subscriptions that
+        prove ownership are applied first, so the outcome does not depend on Polar's
+        order.
+        """
+        trusted: list[dict[str, Any]] = [
+            {"external_customer_id": user.id},
+            {"metadata": {USER_ID_METADATA_KEY: user.id}},
+        ]
         if user.polar_customer_id:
-            queries.append({"customer_id": user.polar_customer_id})
+            trusted.append({"customer_id": user.polar_customer_id})
+        checkout_query: dict[str, Any] | None = None
+        if checkout_customer_id and checkout_customer_id != user.polar_customer_id:
+            checkout_query = {"customer_id": checkout_customer_id}
+        scope: dict[str, Any] = {}
         if self.organization_id:
-            for query in queries:
-                query["organization_id"] = self.organization_id
-        for query in queries:
-            for data in self.client.list_subscriptions(**query):
+            scope["organization_id"] = self.organization_id
+        found: dict[str, dict[str, Any]] = {}
+        proven: set[str] = set()
+        for query in trusted:
+            for data in self.client.list_subscriptions(**query, **scope):
                 if isinstance(data, dict) and isinstance(data.get("id"), str):
                     found[data["id"]] = data
+                    proven.add(data["id"])
+        if checkout_query is not None:
+            for data in self.client.list_subscriptions(**checkout_query, **scope):
+                if isinstance(data, dict) and isinstance(data.get("id"), str):
+                    found.setdefault(data["id"], data)
         applied: list[str] = []
+        seen: list[str] = []
         now = self._clock.now()
         for sub_id, data in found.items():
             if self.organization_id and organization_of(data) not in (None, self.organization_id):
                 continue
+            owner = self._match_user(SubscriptionPayload.from_dict(data, fallback_time=now))
+            if owner is not None and owner.id != user.id:
+                log.info("sync of user %s: subscription %s is another user's", user.id, sub_id)
+                continue
+            if owner is None and sub_id not in proven and (
+                checkout_id is None or data.get("checkout_id") != checkout_id
+            ):
+                continue
+            seen.append(sub_id)
             state = state_from_payload(data, user.id, fallback_time=now)
             self._check_customer_link(user, state.customer_id)
             if self._store.apply_subscription(state):
                 applied.append(sub_id)
                 self._notify(user.id, state)
-        return SyncResult(user_id=user.id, seen=tuple(found), applied=tuple(applied))
+        return SyncResult(user_id=user.id, seen=tuple(seen), applied=tuple(applied))
 
     def status(self, user_id: str) -> SubscriptionStatus:
         """The user's most relevant subscription (``None`` when none or revoked) and the
@@ -440,11 +499,20 @@ class PolarPlugin:
     def create_portal_session(
         self, user_id: str, *, return_url: str | None = None
     ) -> CustomerSession:
-        """A Polar customer-portal session for the user's own customer (by external id);
-        send them to ``.customer_portal_url``. Raises ``UserNotFoundError`` before any call."""
+        """A Polar customer-portal session for the user's own customer; send them to
+        ``.customer_portal_url``. Raises ``UserNotFoundError`` before any call.
+
+        The customer is the Polar customer the user is linked to (``customer_id``) when
+        kavach knows it, else the one whose external id is the user's id: a customer
+        Polar reused by email has no external id, so only the link finds it.
+        """
         user = self._store.get_user(user_id)
         if user is None:
             raise UserNotFoundError(user_id)
+        if user.polar_customer_id:
+            return self.client.create_customer_session(
+                customer_id=user.polar_customer_id, return_url=return_url
+            )
         return self.client.create_customer_session(
             external_customer_id=user.id, return_url=return_url
         )
@@ -493,13 +561,21 @@ class PolarPlugin:
         """The return-from-checkout step: fetch the user's own checkout and, when it has
         succeeded, sync their subscriptions at once (no "paid but not upgraded" gap while
         the webhook is in flight). Another user's checkout raises ``CheckoutNotFoundError``,
-        exactly like a missing one."""
+        exactly like a missing one, and so does an id that is not a Polar id (a UUID),
+        without asking Polar.
+
+        The sync covers the checkout's Polar customer too (Polar may have reused a
+        customer found by email, without the user's external id): of its subscriptions,
+        the one this checkout created and those :meth:`sync` rules are the user's."""
         user = self._store.get_user(user_id)
         if user is None:
             raise UserNotFoundError(user_id)
+        if not isinstance(checkout_id, str) or not _POLAR_ID.fullmatch(checkout_id):
+            raise CheckoutNotFoundError(str(checkout_id))
         try:
             checkout = self.client.get_checkout(checkout_id)
-        except PolarNotFoundError:
+        except (PolarNotFoundError, PolarValidationError):
+            # A GET has no body: a 422 is about the id in the path (not one of Polar's).
             raise CheckoutNotFoundError(checkout_id) from None
         owner = checkout.external_customer_id or checkout.metadata.get(USER_ID_METADATA_KEY)
         if owner != user.id:
@@ -508,7 +584,9 @@ class PolarPlugin:
             raise CheckoutNotFoundError(checkout_id)
         synced: SyncResult | None = None
         if str(checkout.status) == "succeeded":
-            synced = self.sync(user.id)
+            synced = self._sync(
+                user, checkout_customer_id=checkout.customer_id, checkout_id=checkout.id
+            )
         return CheckoutReturn(checkout=checkout, subscription=self.get_subscription(user.id),
                               synced=synced)
 
