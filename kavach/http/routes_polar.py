@@ -256,6 +256,7 @@ _VERIFICATION_MESSAGES = {
     "no_matching_signature": "no webhook signature matches",
     "malformed_json": "the webhook body is not valid JSON",
     "body_too_large": "the webhook body is too large",
+    "bad_webhook_id": "webhook-id is not a usable delivery id",
 }
 
 

@@ -43,6 +43,7 @@ from kavach.polar.subscriptions import (
     organization_of,
     parse_datetime,
     state_from_payload,
+    storable_text,
 )
 from kavach.polar.webhooks import DEFAULT_TOLERANCE_SECONDS, WebhookVerifier, parse_json
 from kavach.records import (
@@ -614,6 +615,10 @@ class PolarPlugin:
             )
         self._verifier.verify(body, headers)
         webhook_id = _header(headers, "webhook-id")
+        if not storable_text(webhook_id):  # signed, yet no store could key the inbox by it
+            raise WebhookVerificationError(
+                "bad_webhook_id", "webhook-id is over 255 characters or not plain text"
+            )
         fast = decode_subscription_event(body, event_types=SUBSCRIPTION_EVENTS)
         if fast is not None:
             return self._ingest(webhook_id, fast.event_type, fast.payload, fast.subscription)
@@ -647,6 +652,10 @@ class PolarPlugin:
         data = envelope.get("data")
         if not isinstance(event_type, str) or not event_type:
             raise WebhookPayloadError("bad_envelope", "webhook body has no 'type'")
+        if not storable_text(event_type):
+            raise WebhookPayloadError(
+                "bad_envelope", "webhook 'type' is over 255 characters or not plain text"
+            )
         subscription = None
         if event_type in SUBSCRIPTION_EVENTS and isinstance(data, dict):
             subscription = SubscriptionPayload.from_dict(

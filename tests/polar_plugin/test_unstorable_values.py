@@ -19,7 +19,13 @@ from typing import Any
 
 import pytest
 
-from kavach import FrozenClock, PasswordHasher, WebhookPayloadError, create_kavach
+from kavach import (
+    FrozenClock,
+    PasswordHasher,
+    WebhookPayloadError,
+    WebhookVerificationError,
+    create_kavach,
+)
 from kavach.auth import polar
 from kavach.polar import decoding
 from kavach.polar.subscriptions import MAX_TEXT_LENGTH, storable_text
@@ -148,3 +154,24 @@ def test_an_escaped_surrogate_pair_is_ordinary_text(any_store: PolarHarness) -> 
 )
 def test_storable_text(value: str, expected: bool) -> None:
     assert storable_text(value) is expected
+
+
+@pytest.mark.parametrize("msg_id", ["m" * (MAX_TEXT_LENGTH + 1), "msg\x00id"], ids=["long", "nul"])
+def test_a_webhook_id_no_store_can_key_is_refused_with_400(
+    any_store: PolarHarness, msg_id: str
+) -> None:
+    h = any_store
+    body, _ = _body("placeholder")
+    with pytest.raises(WebhookVerificationError) as caught:
+        h.deliver(body, msg_id)
+    assert caught.value.reason == "bad_webhook_id"
+    assert h.kavach.store.count_events() == 0
+
+
+def test_an_event_type_no_store_can_keep_is_a_bad_envelope(any_store: PolarHarness) -> None:
+    h = any_store
+    body = json.dumps({"type": "order." + LONG, "data": {}}).encode()
+    with pytest.raises(WebhookPayloadError) as caught:
+        h.deliver(body, new_id())
+    assert caught.value.reason == "bad_envelope"
+    assert h.kavach.store.count_events() == 0
