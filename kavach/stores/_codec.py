@@ -7,7 +7,9 @@ Two jobs live here:
   zone, the record the memory store returns. A naive datetime is refused with
   ``ValueError`` (it would silently mean different instants on different machines).
 * **JSON encoding** of records, for the JSON file store's snapshot and journal:
-  datetimes as ISO 8601 text with microseconds and ``+00:00``.
+  datetimes as ISO 8601 text with microseconds and ``+00:00``; and decoding, which
+  checks every value's JSON type against its field's annotation, so a record stored
+  wrongly typed is refused when read, not handed out to fail later.
 """
 
 from __future__ import annotations
@@ -91,19 +93,112 @@ def to_json(record: Record) -> dict[str, Any]:
     return out
 
 
+#: What :func:`from_json` calls each record type in its messages, and the field naming
+#: the record. A session is named by its user: its key, the token hash, is a secret.
+_RECORD_NAMES: Mapping[type[Record], tuple[str, str]] = MappingProxyType(
+    {
+        UserRecord: ("user", "id"),
+        SessionRecord: ("session of user", "user_id"),
+        SubscriptionState: ("subscription", "id"),
+        InboxEvent: ("inbox event", "webhook_id"),
+    }
+)
+
+#: Per annotation (``| None`` removed), the JSON type of the value. JSON decoding makes
+#: exactly these types, so ``type(value) is ...`` holds and a bool is never taken for an
+#: int. Datetimes are ISO 8601 text.
+_JSON_TYPES: Mapping[str, type[Any]] = MappingProxyType(
+    {"str": str, "int": int, "bool": bool, "datetime": str}
+)
+#: What messages call each annotation's JSON type.
+_JSON_TYPE_NAMES: Mapping[str, str] = MappingProxyType(
+    {"str": "text", "int": "an integer", "bool": "true or false", "datetime": "ISO 8601 text"}
+)
+
+
+def _annotation(field: attrs.Attribute[Any]) -> tuple[str, bool]:
+    """A field's annotation without ``| None``, and whether it had it (null allowed)."""
+    annotation = str(field.type)
+    base = annotation.removesuffix(" | None")
+    if base not in _JSON_TYPES:  # a new record field of a type from_json cannot check
+        raise TypeError(f"{field.name}: unsupported type {annotation!r}")
+    return base, base != annotation
+
+
+_PlainSpec = tuple[str, type[Any], bool, bool]  # name, JSON type, null allowed, required
+_DatetimeSpec = tuple[str, bool, bool]  # name, null allowed, required
+
+
+def _field_specs(cls: type[Record]) -> tuple[tuple[_PlainSpec, ...], tuple[_DatetimeSpec, ...]]:
+    """``cls``'s fields that are not datetimes, then its datetime fields. A field is
+    required when it has no default."""
+    plain: list[_PlainSpec] = []
+    datetimes: list[_DatetimeSpec] = []
+    for field in attrs.fields(cls):
+        base, optional = _annotation(field)
+        required = field.default is attrs.NOTHING
+        if base == "datetime":
+            datetimes.append((field.name, optional, required))
+        else:
+            plain.append((field.name, _JSON_TYPES[base], optional, required))
+    return tuple(plain), tuple(datetimes)
+
+
+_FIELD_SPECS: Mapping[type[Record], tuple[tuple[_PlainSpec, ...], tuple[_DatetimeSpec, ...]]] = (
+    MappingProxyType({cls: _field_specs(cls) for cls in RECORD_TYPES})
+)
+
+_MISSING: Any = object()
+
+
 def from_json(cls: type[R], data: Mapping[str, Any]) -> R:
     """The record of type ``cls`` that :func:`to_json` turned into ``data``.
 
-    Unknown keys are ignored; a missing required key or a malformed datetime raises
-    ``ValueError``/``TypeError`` (the JSON store reports it as corruption).
+    Unknown keys are ignored and a missing optional key takes its default. Anything else
+    that :func:`to_json` does not write raises ``ValueError`` naming the record and the
+    field, never a value: a missing required key, a value of the wrong JSON type (``"5"``
+    or ``true`` for an integer, ``null`` for a field that is not optional) or a time that
+    is not aware ISO 8601 text. The JSON store reports it as corruption.
+    (A hot path: the JSON store decodes every record when it opens.)
     """
-    datetimes = DATETIME_FIELDS[cls]
+    if type(data) is not dict:
+        raise ValueError(f"a {_RECORD_NAMES[cls][0]} record is not a JSON object")
+    plain, datetimes = _FIELD_SPECS[cls]
+    get = data.get
     kwargs: dict[str, Any] = {}
-    for name in FIELD_NAMES[cls]:
-        if name not in data:
-            continue
-        value = data[name]
-        if value is not None and name in datetimes:
-            value = as_utc(datetime.fromisoformat(value))
-        kwargs[name] = value
+    for name, json_type, optional, required in plain:
+        value = get(name, _MISSING)
+        if type(value) is json_type:
+            kwargs[name] = value
+        elif value is None and optional:
+            kwargs[name] = None
+        elif value is not _MISSING or required:
+            raise _malformed(cls, data, name, value)
+    for name, optional, required in datetimes:
+        value = get(name, _MISSING)
+        if type(value) is str:
+            try:
+                kwargs[name] = as_utc(datetime.fromisoformat(value))
+            except (ValueError, OverflowError):  # OverflowError: 0001-01-01T00:00+01:00
+                raise _malformed(cls, data, name, value) from None
+        elif value is None and optional:
+            kwargs[name] = None
+        elif value is not _MISSING or required:
+            raise _malformed(cls, data, name, value)
     return cls(**kwargs)
+
+
+def _malformed(cls: type[Record], data: Mapping[str, Any], name: str, value: Any) -> ValueError:
+    """The error for field ``name`` of a record: its kind, key and field, not the value."""
+    kind, key_field = _RECORD_NAMES[cls]
+    key = data.get(key_field)
+    record = f"{kind} {key!r}" if type(key) is str else f"{kind} with a malformed {key_field}"
+    base, optional = _annotation(attrs.fields_dict(cls)[name])
+    if value is _MISSING:
+        problem = "is missing"
+    elif base == "datetime" and type(value) is str:
+        problem = "is not an aware ISO 8601 time (within datetime's range in UTC)"
+    else:
+        got = "null" if value is None else type(value).__name__
+        problem = f"must be {_JSON_TYPE_NAMES[base]}{' or null' if optional else ''}, not {got}"
+    return ValueError(f"{record}: field {name!r} {problem}")

@@ -18,7 +18,9 @@ Files, beside each other:
 
 Every operation takes the flock and first catches up with what other processes did:
 if the snapshot was replaced (its inode, size or mtime changed) it is reloaded, and
-journal lines beyond the ones this process has read are applied. The rules are then
+journal lines beyond the ones this process has read are applied. Each process keeps the
+snapshot it loaded open, so that file's inode cannot be reused for a later snapshot:
+a replaced snapshot is always noticed. The rules are then
 checked against up-to-date tables and the change appended while the exclusive lock is
 held, so the conditional write, ``record_event`` and ``ingest_event`` (inbox row and
 conditional write: one journal line) are atomic across processes too.
@@ -26,7 +28,13 @@ conditional write: one journal line) are atomic across processes too.
 When the journal holds more than ``compact_after`` lines *and* more bytes than the
 snapshot, the writer compacts: a new snapshot with ``generation + 1``, then the journal
 is truncated. A crash between the two leaves old-generation lines in the journal; they
-are already in the snapshot and are skipped on replay, then dropped by the next write.
+are already in the snapshot and are skipped on replay. Other processes may have read
+them, so their read positions point into that journal: the next write does not merely
+truncate it (those processes would then read the lines appended after as if they
+continued the old ones, or skip them) but compacts again, and the replaced snapshot
+sends every process back to the start of the journal. The journal is only ever emptied
+right after the snapshot was replaced; the only other truncation drops a torn last line,
+past every complete line any process has read.
 
 Crash safety: a torn last journal line (no trailing newline, or not valid JSON) is an
 uncommitted write. It is skipped on read and truncated away by the next write; every
@@ -98,16 +106,27 @@ def _encode_change(change: Change, generation: int) -> bytes:
     return json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
+def _section(entry: Mapping[str, Any], name: str) -> list[Any]:
+    """The list ``entry`` holds under ``name`` (empty when absent)."""
+    items = entry.get(name, [])
+    if type(items) is not list:
+        raise ValueError(f"{name!r} is not a list")
+    return items
+
+
 def _decode_change(entry: Mapping[str, Any]) -> Change:
     """The :class:`Change` a journal line holds (raises on malformed content)."""
+    deleted = tuple(_section(entry, "deleted_sessions"))
+    if not all(type(token_hash) is str for token_hash in deleted):
+        raise ValueError("'deleted_sessions' holds something other than text")
     return Change(
-        users=tuple(from_json(UserRecord, d) for d in entry.get("users", ())),
-        sessions=tuple(from_json(SessionRecord, d) for d in entry.get("sessions", ())),
-        deleted_sessions=tuple(str(h) for h in entry.get("deleted_sessions", ())),
+        users=tuple(from_json(UserRecord, d) for d in _section(entry, "users")),
+        sessions=tuple(from_json(SessionRecord, d) for d in _section(entry, "sessions")),
+        deleted_sessions=deleted,
         subscriptions=tuple(
-            from_json(SubscriptionState, d) for d in entry.get("subscriptions", ())
+            from_json(SubscriptionState, d) for d in _section(entry, "subscriptions")
         ),
-        events=tuple(from_json(InboxEvent, d) for d in entry.get("events", ())),
+        events=tuple(from_json(InboxEvent, d) for d in _section(entry, "events")),
     )
 
 
@@ -137,11 +156,13 @@ class JsonFileStore(TableStore):
         self._generation = 0
         self._schema_version = SCHEMA_VERSION
         self._snapshot_id: _FileId | None = None
+        self._snapshot_fd: int | None = None  # the loaded snapshot, held open (see above)
         self._snapshot_size = 0
         self._journal_offset = 0  # bytes of complete lines read so far
         self._journal_lines = 0  # complete lines read so far (stale ones included)
         self._journal_size = 0  # journal size at the last catch-up
         self._journal_stale = False  # the journal holds lines of an older generation
+        self._journal_readable = True  # the last journal read raised no StoreCorruptError
         self._open_files()
         try:
             with self._locked(writing=True):
@@ -178,7 +199,8 @@ class JsonFileStore(TableStore):
             if self._closed:
                 return
             self._closed = True
-            for fd in (getattr(self, "_journal_fd", None), getattr(self, "_lock_fd", None)):
+            files = ("_journal_fd", "_lock_fd", "_snapshot_fd")
+            for fd in (getattr(self, name, None) for name in files):
                 if fd is not None:
                     with suppress(OSError):
                         os.close(fd)
@@ -215,13 +237,27 @@ class JsonFileStore(TableStore):
         except FileNotFoundError:
             self._create_snapshot(writing=writing)
             return
-        if _file_id(snapshot) != self._snapshot_id:
+        reloaded = _file_id(snapshot) != self._snapshot_id
+        if reloaded:
             self._load_snapshot()
         size = os.fstat(self._journal_fd).st_size
         if size < self._journal_offset:  # truncated under us: read everything again
             self._load_snapshot()
+            reloaded = True
         if size > self._journal_offset:
-            self._read_journal(size)
+            resumed = self._journal_readable and not reloaded
+            try:
+                self._read_journal(size)
+            except StoreCorruptError:
+                self._journal_readable = False
+                if not resumed:
+                    raise
+                # Read from where this process had stopped: had the journal been
+                # rewritten since (which the rules above prevent), that would not be the
+                # start of a line. The files may be fine: read them from the start.
+                self._load_snapshot()
+                self._read_journal(size)
+            self._journal_readable = True
         self._journal_size = size
 
     def _create_snapshot(self, *, writing: bool) -> None:
@@ -234,17 +270,44 @@ class JsonFileStore(TableStore):
 
     def _load_snapshot(self) -> None:
         try:
-            with open(self.path, "rb") as file:
-                snapshot_id = _file_id(os.fstat(file.fileno()))
-                data = json.loads(file.read())
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise StoreError(f"cannot read {self.path}: {exc}") from exc
-        except ValueError as exc:
-            raise StoreCorruptError(f"{self.path}: not valid JSON ({exc})") from exc
+        try:
+            try:
+                snapshot_id = _file_id(os.fstat(fd))
+                with open(fd, "rb", closefd=False) as file:
+                    data = json.loads(file.read())
+            except OSError as exc:
+                raise StoreError(f"cannot read {self.path}: {exc}") from exc
+            except ValueError as exc:
+                raise StoreCorruptError(f"{self.path}: not valid JSON ({exc})") from exc
+            tables, generation, version = self._parse_snapshot(data)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._tables = tables
+        self._generation = generation
+        self._schema_version = version
+        self._hold_snapshot(fd, snapshot_id)
+        self._journal_offset = self._journal_lines = 0
+        self._journal_stale = False
+
+    def _hold_snapshot(self, fd: int, snapshot_id: _FileId) -> None:
+        """Keep ``fd``, the snapshot now loaded, open: while it is, its inode is not
+        reused, so another snapshot can never carry the same file id."""
+        previous, self._snapshot_fd = self._snapshot_fd, fd
+        self._snapshot_id = snapshot_id
+        self._snapshot_size = snapshot_id[2]
+        if previous is not None:
+            os.close(previous)
+
+    def _parse_snapshot(self, data: object) -> tuple[Tables, int, int]:
+        """The tables, generation and schema version of a decoded snapshot."""
         if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT:
             raise StoreCorruptError(f"{self.path}: not a kavach JSON store snapshot")
         version = data.get("schema_version")
-        if not isinstance(version, int) or version < 1:
+        if type(version) is not int or version < 1:
             raise StoreCorruptError(f"{self.path}: bad schema_version {version!r}")
         if version > SCHEMA_VERSION:
             raise StoreError(
@@ -252,8 +315,11 @@ class JsonFileStore(TableStore):
                 f"supports ({SCHEMA_VERSION}); upgrade kavach"
             )
         generation = data.get("generation")
-        if not isinstance(generation, int) or generation < 1:
+        if type(generation) is not int or generation < 1:
             raise StoreCorruptError(f"{self.path}: bad generation {generation!r}")
+        for name in ("users", "sessions", "subscriptions", "events"):
+            if type(data.get(name)) is not list:
+                raise StoreCorruptError(f"{self.path}: {name!r} is not a list of records")
         tables = Tables()
         try:
             tables.apply(
@@ -267,14 +333,8 @@ class JsonFileStore(TableStore):
                 )
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-            raise StoreCorruptError(f"{self.path}: malformed record ({exc!r})") from exc
-        self._tables = tables
-        self._generation = generation
-        self._schema_version = version
-        self._snapshot_id = snapshot_id
-        self._snapshot_size = snapshot_id[2]
-        self._journal_offset = self._journal_lines = 0
-        self._journal_stale = False
+            raise StoreCorruptError(f"{self.path}: malformed record: {exc}") from exc
+        return tables, generation, version
 
     def _read_journal(self, size: int) -> None:
         """Apply the complete journal lines between what was read and ``size``."""
@@ -312,19 +372,21 @@ class JsonFileStore(TableStore):
             self._tables.apply(change)  # wrong-typed fields (an int email) fail here
         # OverflowError: an aware time before datetime.min once in UTC (0001-01-01T00:00+01:00)
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-            raise StoreCorruptError(f"{where}: malformed record ({exc!r})") from exc
+            raise StoreCorruptError(f"{where}: malformed record: {exc}") from exc
 
     # -- writing --------------------------------------------------------------------------
     def _commit(self, change: Change) -> None:
         """Append ``change`` to the journal, fsync, then apply it (exclusive lock held)."""
+        if self._journal_stale:
+            # The journal's lines are in the snapshot (a compaction stopped before it
+            # emptied the journal), but other processes may have read them: emptying
+            # it alone would leave their read positions pointing into what is appended
+            # next. Compacting replaces the snapshot first, which makes them all reload.
+            self._compact()
         line = _encode_change(change, self._generation)
         fd = self._journal_fd
         try:
-            if self._journal_stale:
-                os.ftruncate(fd, 0)
-                self._journal_offset = self._journal_lines = 0
-                self._journal_stale = False
-            elif self._journal_size != self._journal_offset:
+            if self._journal_size != self._journal_offset:
                 os.ftruncate(fd, self._journal_offset)  # drop a torn last line
             written = os.write(fd, line)
             if written != len(line):
@@ -363,13 +425,13 @@ class JsonFileStore(TableStore):
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
-        finally:
+            os.replace(temp_path, self.path)
+            _fsync_directory(self._directory)
+            snapshot_id = _file_id(os.fstat(fd))
+        except BaseException:
             os.close(fd)
-        os.replace(temp_path, self.path)
-        _fsync_directory(self._directory)
-        st = os.stat(self.path)
-        self._snapshot_id = _file_id(st)
-        self._snapshot_size = st.st_size
+            raise
+        self._hold_snapshot(fd, snapshot_id)
         self._generation = generation
         self._schema_version = SCHEMA_VERSION
 
