@@ -65,6 +65,13 @@ def test_json_that_only_the_stdlib_reads_is_accepted(accelerator: str) -> None:
     assert parsed["big"] == 123456789012345678901234567890 and parsed["s"] == "\ud800"
 
 
+@pytest.mark.parametrize("number", [-(2**63) - 1, 2**64, -(10**22), 2**63 - 1, -(2**63)])
+def test_integers_beyond_64_bits_stay_exact_integers(accelerator: str, number: int) -> None:
+    # orjson (3.10+) reads an integer beyond 64 bits as a float; json keeps it exact.
+    parsed = parse_json(b'{"amount": %d}' % number)
+    assert parsed["amount"] == number and type(parsed["amount"]) is int
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -20,6 +20,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -37,6 +38,10 @@ except ImportError:  # pragma: no cover - depends on the environment
     _fast_loads = None
 
 DEFAULT_TOLERANCE_SECONDS = 300
+#: 19 digits in a row: maybe an integer beyond 64 bits, which orjson (3.10+) reads as a
+#: float where json keeps it exact. Such a body skips orjson (a run inside a string too:
+#: rare, and only slower).
+_LONG_DIGIT_RUN = re.compile(rb"[0-9]{19}")
 _HEADER_NAMES = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 
@@ -172,12 +177,13 @@ class WebhookVerifier:
 def parse_json(body: bytes) -> Any:
     """The JSON value of a verified webhook body.
 
-    Uses ``orjson`` when it is installed, and the standard library otherwise (or when
-    orjson refuses what ``json`` accepts: integers beyond 64 bits, ``NaN``, lone
-    surrogates), so what parses does not depend on the accelerator. Raises
+    Uses ``orjson`` when it is installed, and the standard library otherwise, or when
+    orjson refuses what ``json`` accepts (``NaN``, lone surrogates) or might read it
+    otherwise (an integer beyond 64 bits, which orjson makes a float): what parses, and
+    into what, does not depend on the accelerator. Raises
     :class:`WebhookVerificationError` with reason ``malformed_json``.
     """
-    if _fast_loads is not None:
+    if _fast_loads is not None and _LONG_DIGIT_RUN.search(body) is None:
         try:
             return _fast_loads(body)
         except ValueError:  # orjson.JSONDecodeError; json decides below
