@@ -136,18 +136,22 @@ class IngestResult:
 def subscription_rank(state: SubscriptionState) -> tuple[int, float, int]:
     """Sort key: the most relevant subscription sorts first.
 
-    Active and trialing before past_due before every other status; within a group the
-    newest (latest ``created_at``, then latest ``version``) first. Used by every store to
-    pick which subscription the ``kavach_users`` mirror columns show.
+    Active and trialing ones that renew, then active and trialing ones that end at the
+    period's end (``cancel_at_period_end``: an ending one must not hide one that goes on
+    — once it ended, access would be refused while the other is paid), then past_due,
+    then every other status, revoked ones last; within a group the newest (latest
+    ``created_at``, then latest ``version``) first. Used by every store to pick which
+    subscription the ``kavach_users`` mirror columns show. (No clock: the mirror is
+    computed when a state is written.)
     """
     if state.status in ACTIVE_STATUSES:
-        group = 0
+        group = 1 if state.cancel_at_period_end else 0
     elif state.status == "past_due":
-        group = 1
-    elif state.status in REVOKED_STATUSES:
-        group = 3
-    else:
         group = 2
+    elif state.status in REVOKED_STATUSES:
+        group = 4
+    else:
+        group = 3
     created = state.created_at.timestamp() if state.created_at else 0.0
     return (group, -created, -state.version)
 

@@ -349,8 +349,9 @@ class PolarPlugin:
         """The user's most relevant subscription from the store (no API call).
 
         ``None`` when the user is unknown, has none, or it was revoked (status
-        ``canceled`` or ``unpaid``). Relevance: active/trialing before past_due before the
-        rest, newest first.
+        ``canceled`` or ``unpaid``). Relevance: active/trialing ones that renew, then
+        active/trialing ones scheduled to end, then past_due, then the rest, newest first
+        (:func:`kavach.records.subscription_rank`).
         """
         user = self._store.get_user(user_id)
         if user is None or user.polar_subscription_id is None:
@@ -541,15 +542,23 @@ class PolarPlugin:
         return self._update_own_subscription(user_id, body)
 
     def uncancel_subscription(self, user_id: str) -> PolarSubscription:
-        """Undo a scheduled cancellation (``cancel_at_period_end=false``)."""
-        return self._update_own_subscription(user_id, {"cancel_at_period_end": False})
+        """Undo a scheduled cancellation (``cancel_at_period_end=false``): of the user's
+        live subscriptions, the most relevant one that is scheduled to end (else the
+        current one)."""
+        return self._update_own_subscription(
+            user_id, {"cancel_at_period_end": False}, prefer_ending=True
+        )
 
-    def _update_own_subscription(self, user_id: str, body: dict[str, Any]) -> PolarSubscription:
+    def _update_own_subscription(
+        self, user_id: str, body: dict[str, Any], *, prefer_ending: bool = False
+    ) -> PolarSubscription:
         user = self._store.get_user(user_id)
         if user is None:
             raise UserNotFoundError(user_id)
-        current = most_relevant(self._store.list_subscriptions(user_id))
-        if current is None or current.revoked:
+        live = [s for s in self._store.list_subscriptions(user_id) if not s.revoked]
+        ending = [s for s in live if s.cancel_at_period_end] if prefer_ending else []
+        current = most_relevant(ending or live)
+        if current is None:
             raise SubscriptionNotFoundError(user_id)
         data = self.client.update_subscription(current.id, body)
         state = state_from_payload(data, user.id, fallback_time=self._clock.now())

@@ -48,3 +48,30 @@ def test_status_matches_the_rules_on_the_full_row(harness: PolarHarness, case: s
     else:
         assert status.subscription is not None
         assert status.subscription.id == data["id"]
+
+
+def test_an_ending_subscription_does_not_deny_a_user_whose_other_one_renews(
+    harness: PolarHarness,
+) -> None:
+    # A renews; the newer B was canceled at period end. After B's end, with its revoke
+    # webhook late, the user still pays for A: access is granted, through A.
+    user = make_user(harness)
+    renewing, ending = new_id(), new_id()
+    older = subscription(sub_id=renewing, customer_id=new_id(), external_id=user,
+                         modified_at=T0, created_at=T0 - timedelta(days=40))
+    older["current_period_end"] = (T0 + timedelta(days=20)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    newer = subscription(sub_id=ending, customer_id=older["customer_id"], external_id=user,
+                         modified_at=T0, created_at=T0 - timedelta(days=1),
+                         cancel_at_period_end=True)
+    newer["ends_at"] = newer["current_period_end"] = (T0 + timedelta(days=2)).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ"
+    )
+    harness.deliver(envelope("subscription.updated", older, T0), new_id())
+    harness.deliver(envelope("subscription.canceled", newer, T0), new_id())
+    harness.clock.advance(timedelta(days=3))  # past B's end; no revoke webhook yet
+    decision = harness.plugin.access(user)
+    assert decision.granted and decision.subscription_id == renewing
+    status = harness.plugin.status(user)
+    assert status.subscription is not None and status.subscription.id == renewing
+    current = harness.plugin.get_subscription(user)
+    assert current is not None and not current.cancel_at_period_end

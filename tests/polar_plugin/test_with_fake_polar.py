@@ -187,6 +187,26 @@ def test_cancel_and_uncancel_update_local_state_at_once(world: World) -> None:
     assert resumed.cancel_at_period_end is False
 
 
+def test_with_two_subscriptions_cancel_and_uncancel_pick_the_right_one(world: World) -> None:
+    # One renews, one is scheduled to end: cancel targets the renewing one (the current
+    # one), uncancel the ending one — not the same one twice (Polar would answer 403).
+    user = world.user()
+    first = world.subscribe(user)
+    second = world.subscribe(user)
+    world.plugin.sync(user)
+    canceled = world.plugin.cancel_subscription(user)
+    assert canceled.id == second  # the newest of two renewing ones is the current one
+    current = world.plugin.get_subscription(user)
+    assert current is not None and current.id == first  # the one that renews shows
+    canceled_too = world.plugin.cancel_subscription(user)
+    assert canceled_too.id == first
+    resumed = world.plugin.uncancel_subscription(user)
+    assert resumed.cancel_at_period_end is False
+    assert resumed.id == second  # the newer of the two ending ones
+    current = world.plugin.get_subscription(user)
+    assert current is not None and (current.id, current.cancel_at_period_end) == (second, False)
+
+
 def test_cancel_without_a_subscription(world: World) -> None:
     with pytest.raises(SubscriptionNotFoundError):
         world.plugin.cancel_subscription(world.user())

@@ -527,6 +527,29 @@ class StoreContract:
         assert ids == ["new_active", "old_active", "past_due", "canceled"]
         assert store.list_subscriptions("nobody") == []
 
+    def test_an_ending_subscription_does_not_hide_a_renewing_one(self, store: Store) -> None:
+        # The newer one ends at its period's end; the older one renews: the user keeps
+        # access through the older one, so the mirror (and the list's head) show it.
+        store.create_user(user("u1"))
+        store.apply_subscription(state("renews", created_at=T0))
+        store.apply_subscription(
+            state("ends", created_at=T0 + timedelta(days=5), cancel_at_period_end=True)
+        )
+        assert [s.id for s in store.list_subscriptions("u1")] == ["renews", "ends"]
+        mirrored = store.get_user("u1")
+        assert mirrored is not None and mirrored.polar_subscription_id == "renews"
+        # Once the older one is scheduled to end too, the newest of the two shows again.
+        store.apply_subscription(
+            state("renews", version=2, created_at=T0, cancel_at_period_end=True)
+        )
+        mirrored = store.get_user("u1")
+        assert mirrored is not None and mirrored.polar_subscription_id == "ends"
+        # An ending active one still comes before a past_due one.
+        store.apply_subscription(
+            state("late", status="past_due", created_at=T0 + timedelta(days=9))
+        )
+        assert [s.id for s in store.list_subscriptions("u1")][:2] == ["ends", "renews"]
+
     def test_subscription_moving_to_another_user_updates_both_mirrors(self, store: Store) -> None:
         store.create_user(user("u1"))
         store.create_user(user("u2"))
