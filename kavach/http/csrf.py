@@ -2,11 +2,14 @@
 
 A browser names the page that sent a request in ``Origin`` (or, on older paths, only in
 ``Referer``). A request is from a trusted origin when that origin is the server's own
-(``scheme://Host``) or one of ``kavach.config.trusted_origins``.
+(``scheme://Host``) or one of ``kavach.config.trusted_origins``. A redirect target
+(``successUrl``, ``returnUrl``) must be on a configured trusted origin, or on the own
+origin only when that is a loopback host (see :func:`is_safe_redirect`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 from kavach.core import normalize_origin
@@ -83,4 +86,27 @@ def is_safe_redirect(url: str, request: Request, trusted: tuple[str, ...]) -> bo
             return False
     except ValueError:
         return False
-    return is_trusted_origin(origin_of(url), request, trusted)
+    origin = origin_of(url)
+    if origin is None:
+        return False
+    if origin in trusted:
+        return True
+    # The own origin comes from the Host header, which any client but a browser sets at
+    # will: trusting it here would let anyone with an account get a Polar checkout link
+    # that sends whoever pays it to their site. It counts only on a loopback host (a
+    # development server, where a redirect leads nowhere but the payer's own machine);
+    # a deployment names its public origin in ``trusted_origins``.
+    return origin == own_origin(request) and _is_loopback(parts.hostname)
+
+
+def _is_loopback(host: str | None) -> bool:
+    """``localhost`` (or a name under it), or a loopback IP address."""
+    if not host:
+        return False
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -95,6 +95,23 @@ def test_checkout_refuses_a_success_url_off_the_trusted_origins(
     assert polar_stub.checkouts == []
 
 
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:80", "app.example.com.evil.io"])
+def test_a_forged_host_does_not_make_its_origin_a_trusted_redirect(
+    live: Live, token: str, polar_stub: StubPolarPlugin, host: str
+) -> None:
+    # Any client but a browser sets Host at will: a signed-up user must not get a Polar
+    # checkout link that sends whoever pays it to their own site.
+    response = requests.post(
+        live.base + "/auth/polar/checkout",
+        json={"productId": "prod_1", "successUrl": f"http://{host}/phish"},
+        headers={**bearer(token), "Host": host},
+        timeout=10,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "untrusted_success_url"
+    assert polar_stub.checkouts == []
+
+
 def test_checkout_without_product_id_is_400_naming_the_field(live: Live, token: str) -> None:
     response = checkout(live, token, {})
     assert response.status_code == 400
