@@ -9,8 +9,9 @@ The page is plain HTML with inline CSS and vanilla JavaScript (no CDN, no extern
 request; a ``Content-Security-Policy`` with hashes of the inline script and style
 enforces it). It talks to the JSON routes on its own origin with the session cookie;
 ``fetch`` sends ``Origin`` on POSTs, which the CSRF check trusts as the server's own
-origin, and ``successUrl`` (``<own origin>/``) passes the trusted-redirect check for the
-same reason. The return from checkout is not taken as proof of payment: the page polls
+origin, and ``successUrl`` (``<own origin>/``) passes the trusted-redirect check on a
+loopback host (``kavach serve``'s default, 127.0.0.1; on another host, list the page's
+origin with ``--trusted-origin``). The return from checkout is not taken as proof of payment: the page polls
 ``GET {base}/auth/polar/subscription`` until the webhook has made the plan active.
 
 The plans are the products of a Polar API (the fake's, in the CLI), listed at render
