@@ -11,8 +11,9 @@ enforces it). It talks to the JSON routes on its own origin with the session coo
 ``fetch`` sends ``Origin`` on POSTs, which the CSRF check trusts as the server's own
 origin, and ``successUrl`` (``<own origin>/``) passes the trusted-redirect check on a
 loopback host (``kavach serve``'s default, 127.0.0.1; on another host, list the page's
-origin with ``--trusted-origin``). The return from checkout is not taken as proof of payment: the page polls
-``GET {base}/auth/polar/subscription`` until the webhook has made the plan active.
+origin with ``--trusted-origin``). The return from checkout is not taken as proof of
+payment: the page polls ``GET {base}/auth/polar/subscription`` until the webhook has made
+the plan active.
 
 The plans are the products of a Polar API (the fake's, in the CLI), listed at render
 time with :class:`PolarProducts`; the demo is off unless a :class:`DemoPage` is given to

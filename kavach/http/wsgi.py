@@ -3,7 +3,8 @@ WSGI server.
 
 Mount it at its base path (``DispatcherMiddleware(app, {"/api/kavach": kavach.wsgi_app})``)
 or at ``/`` — it matches ``SCRIPT_NAME + PATH_INFO`` against ``kavach.config.base_path``
-either way.
+either way, also when the whole site runs under a prefix (``SCRIPT_NAME=/shop``, as
+gunicorn or a proxy set it): the prefix is left out (see :func:`_route_path`).
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ class WSGIApp:
                 return router.body_too_large()
         else:
             body = b""
-        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        path = _route_path(
+            environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", ""), router.base_path
+        )
         # PEP 3333 hands PATH_INFO over as latin-1-decoded bytes; URLs are UTF-8.
         if not path.isascii():
             with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
@@ -99,6 +102,26 @@ class WSGIApp:
             host=headers.get("host") or _server_host(environ),
         )
         return router.dispatch(request)
+
+
+def _under(path: str, base: str) -> bool:
+    return not base or path == base or path.startswith(base + "/")
+
+
+def _route_path(script_name: str, path_info: str, base: str) -> str:
+    """The path to route: ``SCRIPT_NAME + PATH_INFO`` when it lies under ``base`` (the app
+    mounted at its base path, or at ``/``). Deployed under an outer prefix (``/shop``:
+    gunicorn's ``SCRIPT_NAME``, a proxy's prefix), the full path starts with the prefix:
+    then the part from the mount point on (``base + PATH_INFO`` when mounted at ``base``,
+    ``PATH_INFO`` when mounted at the prefix's ``/``)."""
+    full = script_name + path_info
+    if _under(full, base):
+        return full
+    if script_name.rstrip("/").endswith(base):
+        return base + path_info
+    if _under(path_info, base):
+        return path_info
+    return full
 
 
 def _server_host(environ: WSGIEnvironment) -> str | None:

@@ -102,6 +102,49 @@ def test_mounted_at_the_root_the_full_path_is_matched(kavach: Kavach) -> None:
     assert response.status_code == 401
 
 
+@pytest.mark.parametrize(
+    ("script_name", "path_info"),
+    [
+        ("/shop/api/kavach", "/auth/session"),  # mounted at the base path, site under /shop
+        ("/shop", "/api/kavach/auth/session"),  # mounted at the site's root, under /shop
+        ("/api/kavach", "/auth/session"),  # no outer prefix
+        ("", "/api/kavach/auth/session"),
+    ],
+)
+def test_routes_answer_whatever_prefix_the_site_runs_under(
+    kavach: Kavach, script_name: str, path_info: str
+) -> None:
+    status, _, body = call(kavach.wsgi_app, SCRIPT_NAME=script_name, PATH_INFO=path_info)
+    assert status.startswith("401"), body  # the session route, not 404
+
+
+@pytest.mark.parametrize(
+    ("script_name", "path_info"),
+    [("/shop", "/other/auth/session"), ("/shop/api", "/auth/session"), ("", "/auth/session")],
+)
+def test_paths_outside_the_base_path_stay_404(
+    kavach: Kavach, script_name: str, path_info: str
+) -> None:
+    status, _, _ = call(kavach.wsgi_app, SCRIPT_NAME=script_name, PATH_INFO=path_info)
+    assert status.startswith("404")
+
+
+def test_flask_deployed_under_a_prefix_reaches_the_routes(kavach: Kavach) -> None:
+    # gunicorn --env SCRIPT_NAME=/shop (or a proxy prefix): Flask strips /shop, the
+    # dispatcher mounts kavach at /api/kavach, kavach sees SCRIPT_NAME=/shop/api/kavach.
+    flask_app = Flask("host")
+    flask_app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        flask_app.wsgi_app, {"/api/kavach": kavach.wsgi_app}
+    )
+    client = flask_app.test_client()
+    response = client.post(
+        "/api/kavach/auth/sign-up/email",
+        json={"email": "jane@acme.io", "password": PASSWORD},
+        base_url="http://localhost/shop",
+    )
+    assert response.status_code == 200
+
+
 def test_https_url_scheme_marks_the_cookie_secure(kavach: Kavach) -> None:
     body = b'{"email": "jane@acme.io", "password": "correct horse battery"}'
     status, headers, _ = call(
