@@ -6,11 +6,13 @@ import logging
 from typing import Any
 
 from kavach.errors import (
+    InvalidInputError,
     NotFoundError,
     PolarAPIError,
     PolarConflictError,
     PolarError,
     PolarPermissionError,
+    PolarValidationError,
     UserNotFoundError,
     WebhookCallbackError,
     WebhookInProgressError,
@@ -79,10 +81,28 @@ def checkout(ctx: HttpContext, request: Request) -> Response:
         result = plugin.create_checkout(auth.user_id, product_id, success_url=success_url)
     except UserNotFoundError:
         raise unauthorized("the session's user no longer exists") from None
+    except PolarValidationError as exc:
+        # 422: Polar refused what was asked (an unknown or archived product...): the
+        # client's input, not a Polar failure.
+        logger.info("polar refused a checkout: %r", exc)
+        raise HttpError(
+            400, "invalid_input", "Polar refused the checkout: " + _validation_summary(exc),
+            field="productId",
+        ) from None
     except PolarError as exc:
         logger.warning("polar checkout failed: %r", exc)
         raise HttpError(502, "polar_error", polar_failure_message(exc)) from None
     return Response.json(200, {"url": result.url, "id": result.id})
+
+
+def _validation_summary(exc: PolarValidationError) -> str:
+    """The first of Polar's 422 problems, as ``msg`` (never the input it echoes)."""
+    detail = exc.detail
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        msg = detail[0].get("msg")
+        if isinstance(msg, str) and msg:
+            return msg[:200]
+    return "invalid request"
 
 
 def subscription(ctx: HttpContext, request: Request) -> Response:
@@ -165,6 +185,8 @@ def _change_subscription(ctx: HttpContext, request: Request, *, cancel: bool) ->
             sub = plugin.uncancel_subscription(auth.user_id)
     except UserNotFoundError:
         raise unauthorized("the session's user no longer exists") from None
+    except InvalidInputError as exc:
+        raise HttpError(400, "invalid_input", str(exc), field=exc.field) from None
     except NotFoundError:
         raise HttpError(404, "no_subscription", "you have no live subscription") from None
     except PolarPermissionError as exc:

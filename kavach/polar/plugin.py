@@ -20,6 +20,7 @@ import requests
 
 from kavach.errors import (
     ConfigurationError,
+    InvalidInputError,
     NotFoundError,
     OrganizationMismatchError,
     PolarNotFoundError,
@@ -80,6 +81,20 @@ SUBSCRIPTION_EVENTS = frozenset(
 DEFAULT_MAX_WEBHOOK_BODY = 1024 * 1024
 #: How long (seconds) a delivery whose callback is running blocks concurrent copies of it.
 DEFAULT_WEBHOOK_CLAIM_SECONDS = 60.0
+#: The cancellation reasons Polar accepts (``customer_cancellation_reason``, polar-api.md
+#: §6); any other is refused before a call (Polar would answer 422).
+CANCELLATION_REASONS = frozenset(
+    {
+        "customer_service",
+        "low_quality",
+        "missing_features",
+        "switched_service",
+        "too_complex",
+        "too_expensive",
+        "unused",
+        "other",
+    }
+)
 #: A Polar object id as Polar writes it (a UUID in canonical form, polar-api.md §8).
 _POLAR_ID = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -530,10 +545,17 @@ class PolarPlugin:
 
         ``PATCH /v1/subscriptions/{id}`` with ``cancel_at_period_end=true``; the answer is
         applied at once through the guarded write. Raises ``SubscriptionNotFoundError``
-        when the user has no live subscription; Polar's 403 ``AlreadyCanceledSubscription``
+        when the user has no live subscription and ``InvalidInputError`` for a ``reason``
+        Polar does not know (:data:`CANCELLATION_REASONS`); Polar's 403
+        ``AlreadyCanceledSubscription``
         and 409 ``SubscriptionLocked`` arrive as ``PolarPermissionError`` /
         ``PolarConflictError`` with ``.error`` set.
         """
+        if reason and reason not in CANCELLATION_REASONS:
+            raise InvalidInputError(
+                f"reason must be one of {', '.join(sorted(CANCELLATION_REASONS))}",
+                field="reason",
+            )
         body: dict[str, Any] = {"cancel_at_period_end": True}
         if reason:
             body["customer_cancellation_reason"] = reason

@@ -127,6 +127,25 @@ def test_cancel_and_uncancel_the_users_own_subscription(app: App) -> None:
     assert resumed.json()["subscription"]["cancelAtPeriodEnd"] is False
 
 
+def test_cancel_with_a_reason_polar_does_not_know_is_400_and_changes_nothing(app: App) -> None:
+    _, token = subscribed(app)
+    answer = app.call("POST", "/auth/polar/subscription/cancel", token,
+                      json={"reason": "because"})
+    assert answer.status_code == 400
+    assert (answer.json()["error"], answer.json()["field"]) == ("invalid_input", "reason")
+    assert "too_expensive" in answer.json()["message"]  # the accepted values are named
+    plan = app.call("GET", "/auth/polar/subscription", token).json()
+    assert plan["subscription"]["cancelAtPeriodEnd"] is False
+
+
+def test_checkout_of_a_product_polar_refuses_is_400_not_502(app: App) -> None:
+    _, token = app.user()
+    answer = app.call("POST", "/auth/polar/checkout", token,
+                      json={"productId": "3f0e8d8e-0000-4000-8000-000000000000"})
+    assert answer.status_code == 400
+    assert (answer.json()["error"], answer.json()["field"]) == ("invalid_input", "productId")
+
+
 def test_cancel_without_a_subscription_is_404(app: App) -> None:
     _, token = app.user()
     answer = app.call("POST", "/auth/polar/subscription/cancel", token)
