@@ -8,6 +8,7 @@ from kavach._version import __version__
 from kavach.clock import Clock, FrozenClock, SystemClock
 from kavach.core import Kavach, KavachConfig, create_kavach
 from kavach.errors import (
+    CheckoutNotFoundError,
     ConfigurationError,
     ConflictError,
     EmailTakenError,
@@ -30,6 +31,7 @@ from kavach.errors import (
     PolarValidationError,
     StoreCorruptError,
     StoreError,
+    SubscriptionNotFoundError,
     UnknownPluginError,
     UserNotFoundError,
     WebhookCallbackError,
@@ -43,6 +45,7 @@ from kavach.sessions import IssuedSession, Session
 from kavach.users import User
 
 __all__ = [
+    "CheckoutNotFoundError",
     "Clock",
     "ConfigurationError",
     "ConflictError",
@@ -72,6 +75,7 @@ __all__ = [
     "Session",
     "StoreCorruptError",
     "StoreError",
+    "SubscriptionNotFoundError",
     "SystemClock",
     "UnknownPluginError",
     "User",

@@ -263,6 +263,18 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
+#: The namespace of the ids ``trigger`` derives (uuid5): the same user or subscription
+#: gets the same Polar customer, product and checkout on every call.
+_SAMPLE_NAMESPACE = uuid.UUID("6f1c2a4e-9d3b-5e7a-8c21-4b0d9e6f3a15")
+
+
+def _stable_id(kind: str, key: str | None) -> str:
+    """A fresh id, or the same one every time for ``key`` (a user or subscription id)."""
+    if key is None:
+        return _new_id()
+    return str(uuid.uuid5(_SAMPLE_NAMESPACE, f"{kind}:{key}"))
+
+
 @attrs.frozen
 class _Sample:
     """The linked records one sample event is rendered from."""
@@ -280,20 +292,26 @@ def _sample_records(
     from kavach.testing import _fake_objects as fo  # Polar's JSON shapes, as the fake sends
 
     created = now - timedelta(days=1)
+    # A walk through one subscription's life (--subscription-id, --user) keeps its
+    # customer, product and checkout from call to call, as Polar's events do.
+    owner = user_id or subscription_id
     product = fo.ProductRecord(
-        id=_new_id(), price_id=_new_id(), name="Pro", created_at=now - timedelta(days=90),
+        id=_stable_id("product", owner), price_id=_stable_id("price", owner), name="Pro",
+        created_at=now - timedelta(days=90),
         amount=2000, currency="usd", recurring_interval="month", recurring_interval_count=1,
         trial_interval=None, trial_interval_count=None, organization_id=organization_id,
     )
     customer = fo.CustomerRecord(
-        id=_new_id(), created_at=created, email="customer@acme.io", name="Sample Customer",
+        id=_stable_id("customer", owner), created_at=created, email="customer@acme.io",
+        name="Sample Customer",
         organization_id=organization_id, external_id=user_id, modified_at=created,
     )
     start = now if event_type == "subscription.cycled" else created
     sub = fo.SubscriptionRecord(
         id=subscription_id or _new_id(),
         created_at=now if event_type == "subscription.created" else created,
-        customer_id=customer.id, product_id=product.id, checkout_id=_new_id(),
+        customer_id=customer.id, product_id=product.id,
+        checkout_id=_stable_id("checkout", subscription_id),
         status=_SUBSCRIPTION_STATUS.get(event_type, "active"),
         amount=product.amount, currency=product.currency, recurring_interval="month",
         recurring_interval_count=1, current_period_start=start,

@@ -195,6 +195,21 @@ def test_sample_subscription_event_names_the_user_as_external_id_and_in_metadata
     assert data["metadata"] == {"kavach_user_id": "user_42"}
 
 
+def test_samples_of_one_subscription_keep_its_customer_product_and_checkout() -> None:
+    # trigger --subscription-id walks one subscription through its life: its customer,
+    # product and checkout stay the same from event to event (kavach warned of a
+    # customer change on every step).
+    events = [sample_event(t, user_id="user_42", subscription_id="sub_1")["data"]
+              for t in ("subscription.active", "subscription.canceled", "subscription.revoked")]
+    for key in ("customer_id", "product_id", "checkout_id"):
+        assert len({data[key] for data in events}) == 1, key
+    assert len({data["customer"]["id"] for data in events}) == 1
+    other = sample_event("subscription.active", user_id="user_43")["data"]
+    assert other["customer_id"] != events[0]["customer_id"]
+    anonymous = [sample_event("order.created")["data"] for _ in range(2)]
+    assert anonymous[0] != anonymous[1]
+
+
 @pytest.mark.parametrize(
     ("event_type", "status", "cancel_at_period_end"),
     [

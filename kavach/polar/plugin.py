@@ -19,12 +19,14 @@ import attrs
 import requests
 
 from kavach.errors import (
+    CheckoutNotFoundError,
     ConfigurationError,
     InvalidInputError,
     NotFoundError,
     OrganizationMismatchError,
     PolarNotFoundError,
     PolarValidationError,
+    SubscriptionNotFoundError,
     UserNotFoundError,
     WebhookCallbackError,
     WebhookInProgressError,
@@ -140,22 +142,6 @@ class SyncResult:
     user_id: str
     seen: tuple[str, ...]
     applied: tuple[str, ...]
-
-
-class SubscriptionNotFoundError(NotFoundError):
-    """The user has no live subscription to act on."""
-
-    def __init__(self, user_id: str) -> None:
-        super().__init__(f"user {user_id!r} has no live subscription")
-        self.user_id = user_id
-
-
-class CheckoutNotFoundError(NotFoundError):
-    """No checkout with this id belongs to the user (missing and foreign look the same)."""
-
-    def __init__(self, checkout_id: str) -> None:
-        super().__init__(f"no checkout {checkout_id!r} for this user")
-        self.checkout_id = checkout_id
 
 
 @attrs.frozen
