@@ -11,12 +11,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
+
+from kavach.stores.jsonfile import JsonFileStore
 
 POSTGRES_ENV = "KAVACH_TEST_POSTGRES_URL"
 MYSQL_ENV = "KAVACH_TEST_MYSQL_URL"
@@ -146,3 +149,32 @@ def process_pool() -> Iterator[ProcessPoolExecutor]:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+# -- the JSON file store (test_jsonfile*.py) ---------------------------------------------
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    """Where a JSON store test keeps its store."""
+    return tmp_path / "kavach.json"
+
+
+@pytest.fixture
+def opened() -> Iterator[list[JsonFileStore]]:
+    """Stores a test opened; closed at the end."""
+    stores: list[JsonFileStore] = []
+    yield stores
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def open_json(path: Path, opened: list[JsonFileStore]) -> Callable[..., JsonFileStore]:
+    """Opens a JSON store at ``path`` (options: the store's keywords), closed at the end."""
+    def open_json(**options: int) -> JsonFileStore:
+        store = JsonFileStore(path, **options)
+        opened.append(store)
+        return store
+
+    return open_json

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,30 +16,6 @@ from kavach.stores.jsonfile import JsonFileStore
 
 from .contract import StoreContract
 from .factories import T0, event, session, state, user
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "kavach.json"
-
-
-@pytest.fixture
-def opened() -> Iterator[list[JsonFileStore]]:
-    """Stores a test opened; closed at the end."""
-    stores: list[JsonFileStore] = []
-    yield stores
-    for store in stores:
-        store.close()
-
-
-@pytest.fixture
-def open_json(path: Path, opened: list[JsonFileStore]) -> Callable[..., JsonFileStore]:
-    def open_json(**options: int) -> JsonFileStore:
-        store = JsonFileStore(path, **options)
-        opened.append(store)
-        return store
-
-    return open_json
 
 
 class TestJsonFileStore(StoreContract):

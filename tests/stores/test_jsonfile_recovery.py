@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,29 +86,6 @@ def run_writer(
     if done.returncode not in (0, -signal.SIGKILL):
         raise AssertionError(done.stderr)
     return done.returncode, done.stdout.split()
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "kavach.json"
-
-
-@pytest.fixture
-def opened() -> Iterator[list[JsonFileStore]]:
-    stores: list[JsonFileStore] = []
-    yield stores
-    for store in stores:
-        store.close()
-
-
-@pytest.fixture
-def open_json(path: Path, opened: list[JsonFileStore]) -> Callable[..., JsonFileStore]:
-    def open_json(**options: int) -> JsonFileStore:
-        store = JsonFileStore(path, **options)
-        opened.append(store)
-        return store
-
-    return open_json
 
 
 CRASHED_USERS = ["u0", "u1", "u2", "u3"]
