@@ -11,7 +11,7 @@ from kavach.clock import Clock
 from kavach.errors import InvalidCredentialsError, InvalidInputError
 from kavach.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, PasswordHasher
 from kavach.records import UserRecord
-from kavach.stores.base import Store
+from kavach.stores.base import Store, normalize_email
 
 MAX_EMAIL_LENGTH = 254
 MAX_NAME_LENGTH = 200
@@ -62,6 +62,8 @@ def validate_email(email: object) -> str:
         or len(value) > MAX_EMAIL_LENGTH
         or any(c.isspace() or ord(c) < 32 for c in value)
         or _has_lone_surrogate(value)
+        # Its key too: case folding can lengthen it ("ß" -> "ss"), past what stores keep.
+        or len(normalize_email(value)) > MAX_EMAIL_LENGTH
     ):
         raise InvalidInputError("email is not a valid address", field="email")
     return value
@@ -116,7 +118,9 @@ class Users:
     def create(self, email: str, password: str | None = None, name: str | None = None) -> User:
         """Create a user. Raises ``InvalidInputError`` or ``EmailTakenError``."""
         address = validate_email(email)
-        password_hash = self._hasher.hash(validate_password(password)) if password else None
+        password_hash = (
+            None if password is None else self._hasher.hash(validate_password(password))
+        )
         record = UserRecord(
             id=str(uuid.uuid4()),
             email=address,
@@ -125,6 +129,12 @@ class Users:
             created_at=self._clock.now(),
         )
         return User.from_record(self._store.create_user(record))
+
+    def _verify_dummy(self, password: str) -> None:
+        """A verify at the current parameters' cost, whose answer does not matter."""
+        if self._dummy_hash is None:
+            self._dummy_hash = self._hasher.hash("kavach-dummy-password")
+        self._hasher.verify(self._dummy_hash, password)
 
     def get(self, user_id: str) -> User | None:
         """The user with this id, or ``None``."""
@@ -159,14 +169,20 @@ class Users:
         """The user whose email and password match; otherwise ``InvalidCredentialsError``
         (the same error, at about the same cost, for an unknown email and a wrong password)."""
         record = self._store.get_user_by_email(email) if _could_be_stored(email) else None
-        if not isinstance(password, str) or len(password) > MAX_PASSWORD_LENGTH:
+        if (
+            not isinstance(password, str)
+            or len(password) > MAX_PASSWORD_LENGTH
+            or _has_lone_surrogate(password)  # never a stored password; argon2 cannot take it
+        ):
             raise InvalidCredentialsError()
         if record is None or record.password_hash is None:
-            if self._dummy_hash is None:
-                self._dummy_hash = self._hasher.hash("kavach-dummy-password")
-            self._hasher.verify(self._dummy_hash, password)
+            self._verify_dummy(password)
             raise InvalidCredentialsError()
         if not self._hasher.verify(record.password_hash, password):
+            if self._hasher.needs_rehash(record.password_hash):
+                # An older, cheaper hash fails faster than an unknown email: pay the
+                # current cost too, or timing would tell which accounts have one.
+                self._verify_dummy(password)
             raise InvalidCredentialsError()
         if self._hasher.needs_rehash(record.password_hash):
             self._store.update_user(record.id, password_hash=self._hasher.hash(password))

@@ -18,6 +18,7 @@ from kavach import (
     create_kavach,
 )
 from kavach.sessions import hash_token
+from kavach.users import Users
 
 PASSWORD = "correct horse battery"
 
@@ -224,3 +225,74 @@ def test_a_user_records_repr_never_shows_the_password_hash(kavach: Kavach) -> No
     assert record is not None and record.password_hash
     assert record.password_hash not in repr(record)
     assert "password_hash" not in repr(record)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("jos\u00e9@acme.io", "jose\u0301@acme.io"),  # composed, decomposed
+        ("ann@acme.io", "\uff41\uff4e\uff4e@acme.io"),  # fullwidth letters
+        ("stra\u00dfe@acme.io", "STRASSE@acme.io"),  # case folding
+    ],
+    ids=["nfc-nfd", "fullwidth", "casefold"],
+)
+def test_emails_that_look_the_same_are_one_address(
+    kavach: Kavach, first: str, second: str
+) -> None:
+    kavach.users.create(first, password="correct horse battery")
+    with pytest.raises(EmailTakenError):
+        kavach.users.create(second, password="correct horse battery")
+    found = kavach.users.get_by_email(second)
+    assert found is not None and found.email == first
+
+
+def test_an_email_whose_key_grows_past_the_limit_is_refused(kavach: Kavach) -> None:
+    # 212 characters, 412 once case-folded ("ß" -> "ss"): no store column holds that.
+    with pytest.raises(InvalidInputError) as caught:
+        kavach.users.create("\u00df" * 200 + "@example.com", password="correct horse battery")
+    assert caught.value.field == "email"
+
+
+def test_an_empty_password_is_refused_not_taken_for_none(kavach: Kavach) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        kavach.users.create("jane@acme.io", password="")
+    assert caught.value.field == "password"
+    assert kavach.users.get_by_email("jane@acme.io") is None
+
+
+def test_a_password_that_is_not_unicode_text_is_invalid_credentials(kavach: Kavach) -> None:
+    kavach.users.create("jane@acme.io", password="correct horse battery")
+    for email in ("jane@acme.io", "nobody@acme.io"):
+        with pytest.raises(InvalidCredentialsError) as caught:
+            kavach.users.authenticate(email, "bad\ud800")
+        assert "\ud800" not in repr(caught.value.args)
+
+
+def test_a_wrong_password_for_an_older_hash_costs_what_an_unknown_email_costs() -> None:
+    # A hash made with older, cheaper parameters fails faster than the dummy check of an
+    # unknown email: the failure pays for a check at the current parameters too.
+    import argon2
+
+    with create_kavach("memory://", password_hasher=PasswordHasher.fast()) as old:
+        old.users.create("jane@acme.io", password="correct horse battery")
+        store = old.store
+        current = PasswordHasher(
+            argon2.Parameters(type=argon2.Type.ID, version=19, salt_len=16, hash_len=16,
+                              time_cost=2, memory_cost=16, parallelism=1)
+        )
+        verified: list[str] = []
+        real_verify = current.verify
+
+        def counting_verify(password_hash: str, password: str) -> bool:
+            verified.append(password_hash)
+            return real_verify(password_hash, password)
+
+        current.verify = counting_verify  # type: ignore[method-assign]
+        users = Users(store, current, old.clock)
+        with pytest.raises(InvalidCredentialsError):
+            users.authenticate("nobody@acme.io", "wrong password")
+        unknown = len(verified)
+        verified.clear()
+        with pytest.raises(InvalidCredentialsError):
+            users.authenticate("jane@acme.io", "wrong password")
+        assert len(verified) == unknown + 1  # its own hash, then the current-cost dummy

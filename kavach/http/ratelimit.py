@@ -21,6 +21,12 @@ class FailureLimiter:
     After ``max_failures`` failures within ``window`` seconds a key is blocked until the
     oldest of them leaves the window. Thread-safe; lives on the router object (one per
     app), never in a module global.
+
+    A sign-in takes a slot with :meth:`begin` *before* the password is checked, and
+    gives it back with :meth:`end` (as a failure or not): attempts in flight count
+    against the limit, so a burst of parallel guesses gets no more checks than a
+    sequence (checking first and counting after the ~0.25 s password hash let every
+    request of a burst through).
     """
 
     def __init__(
@@ -38,6 +44,7 @@ class FailureLimiter:
         self.window = window
         self._max_keys = max_keys
         self._failures: dict[str, deque[float]] = {}
+        self._pending: dict[str, int] = {}  # attempts begun and not ended, per key
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -62,6 +69,45 @@ class FailureLimiter:
                 if len(times) >= self.max_failures:
                     wait = max(wait, times[-self.max_failures] + self.window - now)
         return max(1, math.ceil(wait)) if wait > 0 else None
+
+    def begin(self, keys: Iterable[str]) -> int | None:
+        """Start an attempt for ``keys``: ``None`` when it may go ahead (it then counts
+        against every key until :meth:`end`), else the seconds to wait. Failures and
+        attempts in flight together may not exceed ``max_failures`` per key."""
+        keys = tuple(keys)
+        now = self._now()
+        with self._lock:
+            wait = 0.0
+            for key in keys:
+                used = self._pending.get(key, 0)
+                times = self._failures.get(key)
+                if times is not None:
+                    self._expire(times, now)
+                    used += len(times)
+                if used < self.max_failures:
+                    continue
+                if times is not None and len(times) >= self.max_failures:
+                    wait = max(wait, times[-self.max_failures] + self.window - now)
+                else:  # attempts in flight fill the budget: one of them ends soon
+                    wait = max(wait, 1.0)
+            if wait > 0:
+                return max(1, math.ceil(wait))
+            for key in keys:
+                self._pending[key] = self._pending.get(key, 0) + 1
+            return None
+
+    def end(self, keys: Iterable[str], *, failed: bool) -> None:
+        """End an attempt :meth:`begin` let through; ``failed`` records a failure."""
+        keys = tuple(keys)
+        with self._lock:
+            for key in keys:
+                left = self._pending.get(key, 0) - 1
+                if left > 0:
+                    self._pending[key] = left
+                else:
+                    self._pending.pop(key, None)
+        if failed:
+            self.fail(keys)
 
     def fail(self, keys: Iterable[str]) -> None:
         """Record one failure against each key."""

@@ -6,6 +6,7 @@ writes JSON; nothing else lives here.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -86,9 +87,9 @@ def sign_in(ctx: HttpContext, request: Request) -> Response:
     email = _string_field(data, "email")
     password = _string_field(data, "password")
     ip_key = "ip:" + request.client
-    email_key = "email:" + normalize_email(email)
+    email_key = "email:" + _email_digest(email)
     keys = (ip_key, email_key)
-    wait = ctx.limiter.retry_after(keys)
+    wait = ctx.limiter.begin(keys)  # counts this attempt before the password is checked
     if wait is not None:
         raise HttpError(
             429,
@@ -96,13 +97,23 @@ def sign_in(ctx: HttpContext, request: Request) -> Response:
             "too many failed sign-in attempts; try again later",
             headers=[("Retry-After", str(wait))],
         )
+    failed = False
     try:
         user = ctx.kavach.users.authenticate(email, password)
     except InvalidCredentialsError:
-        ctx.limiter.fail(keys)
+        failed = True
         raise HttpError(401, "invalid_credentials", "invalid email or password") from None
+    finally:
+        ctx.limiter.end(keys, failed=failed)
     ctx.limiter.reset(email_key)
     return _signed_in(ctx, request, user, ctx.kavach.sessions.create(user.id))
+
+
+def _email_digest(email: str) -> str:
+    """The limiter's key for an email: a digest of its normalized form, so a key's size
+    does not depend on what the client sent (a megabyte of email is 64 characters)."""
+    normalized = normalize_email(email).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(normalized).hexdigest()
 
 
 def sign_out(ctx: HttpContext, request: Request) -> Response:

@@ -11,6 +11,7 @@ step: inbox row and conditional write in a single transaction.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -26,12 +27,19 @@ from kavach.records import (
 #: The schema version the current code writes. Bump it with a new migration step.
 #: 2: the webhook inbox's ``claimed_until`` (the claim of a delivery in flight).
 #: 3: SQL only: the inbox's index on ``status`` covers unfinished deliveries only.
-SCHEMA_VERSION = 3
+#: 4: SQL only: ``email_normalized`` recomputed for :func:`normalize_email`'s NFKC step.
+SCHEMA_VERSION = 4
 
 
 def normalize_email(email: str) -> str:
-    """The key emails are unique under: stripped and case-folded."""
-    return email.strip().casefold()
+    """The key emails are unique under: stripped, then Unicode NFKC and case folding
+    (Unicode's NFKC_Casefold, as ``normalize(NFKC, casefold(normalize(NFKC, ...)))``), so
+    addresses that look the same — ``josé`` composed or decomposed, its fullwidth
+    letters (U+FF4A...), any case — are one address."""
+    text = email.strip()
+    if text.isascii():  # the common case: NFKC changes no ASCII text
+        return text.lower()
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
 @runtime_checkable

@@ -87,6 +87,7 @@ calls serialized by a lock. Open stores after forking worker processes.
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 import threading
 import time
@@ -130,6 +131,7 @@ from kavach.stores.base import SCHEMA_VERSION, normalize_email
 
 Dialect = Literal["sqlite", "postgres", "mysql"]
 
+_log = logging.getLogger("kavach.stores")
 USERS = "kavach_users"
 SESSIONS = "kavach_sessions"
 SUBSCRIPTIONS = "kavach_polar_subscriptions"
@@ -633,12 +635,41 @@ def _migrate_to_v3(db: Any, models: _Models) -> None:
     db.execute_sql(f"DROP INDEX IF EXISTS {EVENTS}_status")
 
 
+def _migrate_to_v4(db: Any, models: _Models) -> None:
+    """Version 4: ``email_normalized`` as :func:`normalize_email` now computes it (NFKC
+    before case folding). A user whose key changes gets the new one, unless another user
+    already holds it — two accounts the new rule takes for one address: the one whose key
+    would change keeps its old key (it can no longer be found by email) and a warning
+    names both."""
+    param = db.param
+    rows = db.execute_sql(
+        f"SELECT id, email, email_normalized FROM {USERS} ORDER BY created_at, id"
+    )
+    for user_id, email, stored in rows.fetchall():
+        key = normalize_email(email)
+        if key == stored:
+            continue
+        holder = db.execute_sql(
+            f"SELECT id FROM {USERS} WHERE email_normalized = {param}", (key,)
+        ).fetchone()
+        if holder is not None:
+            _log.warning(
+                "schema v4: user %s has the same normalized email as user %s; it keeps its "
+                "old key", user_id, holder[0],
+            )
+            continue
+        db.execute_sql(
+            f"UPDATE {USERS} SET email_normalized = {param} WHERE id = {param}", (key, user_id)
+        )
+
+
 #: Schema migrations, in order: (version it brings the schema to, step). Each step is
 #: idempotent. Add a step (and bump ``SCHEMA_VERSION``) for every schema change.
 MIGRATIONS: tuple[tuple[int, Callable[[Any, _Models], None]], ...] = (
     (1, _migrate_to_v1),
     (2, _migrate_to_v2),
     (3, _migrate_to_v3),
+    (4, _migrate_to_v4),
 )
 
 

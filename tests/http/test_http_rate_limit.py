@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
+import pytest
 import requests
 from http_support import PASSWORD, Live
 
@@ -77,3 +81,25 @@ def test_a_successful_sign_in_clears_the_email_failures(live: Live) -> None:
     # The email's count starts over; the IP still carries its 5.
     fail(live, 4)
     assert sign_in(live, "jane@acme.io", PASSWORD).status_code == 200
+
+
+def test_a_parallel_burst_gets_no_more_password_checks_than_the_limit(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each check takes a while (argon2 in production): every request of a burst used to
+    # pass the limiter before the first failure was counted.
+    live.sign_up()
+    checked: list[int] = []
+    real = live.kavach.users.authenticate
+
+    def slow_authenticate(email: str, password: str) -> Any:
+        checked.append(1)
+        time.sleep(0.2)
+        return real(email, password)
+
+    monkeypatch.setattr(live.kavach.users, "authenticate", slow_authenticate)
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        codes = list(pool.map(lambda _: sign_in(live, "jane@acme.io", "wrong").status_code,
+                              range(30)))
+    assert len(checked) <= 10
+    assert codes.count(401) == len(checked) and codes.count(429) == 30 - len(checked)

@@ -16,7 +16,7 @@ from kavach.http.csrf import is_safe_redirect, origin_of, own_origin
 from kavach.http.openapi import build_openapi
 from kavach.http.ratelimit import FailureLimiter
 from kavach.http.router import ROUTES
-from kavach.http.routes_auth import iso_z
+from kavach.http.routes_auth import _email_digest, iso_z
 from kavach.passwords import PasswordHasher
 
 TOKEN_CHARS = st.text(
@@ -111,6 +111,27 @@ def test_limiter_blocks_after_max_failures_within_the_window() -> None:
     assert limiter.retry_after(["k"]) == 60
     clock.advance(timedelta(seconds=61))
     assert limiter.retry_after(["k"]) is None
+
+
+def test_attempts_in_flight_count_against_the_limit() -> None:
+    clock = FrozenClock(datetime(2026, 1, 1, tzinfo=UTC))
+    limiter = FailureLimiter(clock, max_failures=3, window=60)
+    for _ in range(3):
+        assert limiter.begin(["ip:a", "email:x"]) is None  # three checks under way
+    assert limiter.begin(["ip:a", "email:x"]) == 1  # a fourth waits for one to end
+    limiter.end(["ip:a", "email:x"], failed=False)
+    assert limiter.begin(["ip:a", "email:x"]) is None
+    for _ in range(3):
+        limiter.end(["ip:a", "email:x"], failed=True)
+    assert limiter.begin(["email:x"]) == 60  # three failures: blocked for the window
+    assert "keys=2" in repr(limiter)
+
+
+def test_the_email_key_is_a_fixed_size_digest_of_the_normalized_email() -> None:
+    huge = "x" * 500_000 + "@acme.io"
+    assert len(_email_digest(huge)) == 64
+    assert _email_digest(" Jane@ACME.io ") == _email_digest("jane@acme.io")
+    assert _email_digest("jos\u00e9@acme.io") == _email_digest("jose\u0301@acme.io")
 
 
 def test_limiter_memory_is_bounded() -> None:

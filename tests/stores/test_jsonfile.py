@@ -271,7 +271,7 @@ def test_version_1_files_load_and_are_upgraded_on_open(
     journal.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
 
     upgraded = open_json()
-    assert upgraded.schema_version() == SCHEMA_VERSION == 3
+    assert upgraded.schema_version() == SCHEMA_VERSION == 4
     assert json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION
     assert upgraded.get_event("wh_snapshot") == event("wh_snapshot")
     assert upgraded.get_event("wh_journal") == event("wh_journal", status="failed")

@@ -222,10 +222,10 @@ def test_a_version_1_database_is_upgraded_on_open(backend: SqliteFile | SqlServe
     make_version_1_database(backend)
     store = SqlStore.from_url(backend.url)
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
         assert event_columns(backend).count("claimed_until") == 1
         versions = sorted(row[0] for row in backend.query("SELECT version FROM kavach_schema"))
-        assert versions == [1, 2, 3]
+        assert versions == [1, 2, 3, 4]
         assert store.get_user("u1") == user("u1")
         old = store.get_event("wh_v1")
         assert old is not None
@@ -267,9 +267,9 @@ def test_a_version_2_database_is_upgraded_on_open(backend: SqliteFile | SqlServe
     make_version_2_database(backend)
     store = SqlStore.from_url(backend.url)
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
         versions = sorted(row[0] for row in backend.query("SELECT version FROM kavach_schema"))
-        assert versions == [1, 2, 3]
+        assert versions == [1, 2, 3, 4]
         assert {"failed", "processed", "received"} == {
             e.status for e in store.list_events()
         }
@@ -282,6 +282,36 @@ def test_a_version_2_database_is_upgraded_on_open(backend: SqliteFile | SqlServe
         store.close()
     status_indexes = {name for name in event_indexes(backend) if "status" in name or "unf" in name}
     assert status_indexes == STATUS_INDEXES[backend.kind]
+
+
+def test_a_version_3_database_gets_the_nfkc_email_keys(
+    backend: SqliteFile | SqlServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Schema 3 keyed emails by case folding alone: a decomposed "josé" and a fullwidth
+    # address had keys of their own. Version 4 recomputes them; where a key would become
+    # one another account holds, it stays as it was and a warning names both.
+    composed, decomposed, fullwidth = "jos\u00e9@acme.io", "jose\u0301@acme.io", "\uff41nn@acme.io"
+    old = open_at_version(backend, 3)
+    try:
+        with pytest.MonkeyPatch.context() as patch:  # the keys schema 3 wrote
+            patch.setattr(sql_module, "normalize_email", lambda e: e.strip().casefold())
+            old.create_user(user("u1", email=decomposed, created_at=T0))
+            old.create_user(user("u2", email=fullwidth, created_at=T0 + timedelta(seconds=1)))
+            old.create_user(user("u3", email=composed, created_at=T0 + timedelta(seconds=2)))
+    finally:
+        old.close()
+    with caplog.at_level("WARNING", logger="kavach.stores"):
+        store = SqlStore.from_url(backend.url)
+    try:
+        assert store.schema_version() == 4
+        found = store.get_user_by_email("ANN@acme.io")
+        assert found is not None and found.id == "u2"
+        # u3's key (composed) did not change; u1's would become it: u1 keeps its old key.
+        found = store.get_user_by_email(decomposed)
+        assert found is not None and found.id == "u3"
+        assert "u3" in caplog.text and "u1" in caplog.text
+    finally:
+        store.close()
 
 
 def test_a_new_database_has_the_version_3_inbox_indexes(sql_store: SqlStore) -> None:

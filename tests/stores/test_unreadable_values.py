@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kavach import InvalidCredentialsError, PasswordHasher, create_kavach
+from kavach import EmailTakenError, InvalidCredentialsError, PasswordHasher, create_kavach
 from kavach.errors import InvalidInputError, StoreCorruptError, StoreError
 from kavach.stores import open_store
 from kavach.stores.sql import SqlStore
@@ -106,6 +106,13 @@ def test_users_answer_alike_on_every_sql_store(sql_url: str) -> None:
         with pytest.raises(InvalidInputError) as caught:
             kavach.users.create("joe@acme.io", password="correct horse battery", name="J\x00e")
         assert caught.value.field == "name"
+        # Case folding can lengthen an address past the key column: refused first.
+        with pytest.raises(InvalidInputError):
+            kavach.users.create("\u00df" * 200 + "@example.com", password="correct horse battery")
+        # One address however it is composed (NFKC before case folding).
+        kavach.users.create("jos\u00e9@acme.io", password="correct horse battery")
+        with pytest.raises(EmailTakenError):
+            kavach.users.create("JOSE\u0301@acme.io", password="correct horse battery")
 
 
 def test_memory_and_json_answer_the_same(tmp_path: Path) -> None:
