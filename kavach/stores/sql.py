@@ -703,9 +703,18 @@ def _guarded(method: _Method[P, T]) -> _Method[P, T]:
 
 
 def _driver_error(exc: BaseException) -> BaseException:
-    """The driver's exception inside a Peewee one (Peewee passes it as the first arg)."""
-    if isinstance(exc, peewee.PeeweeException) and exc.args and isinstance(exc.args[0], Exception):
+    """The driver's exception inside a Peewee one: its ``orig`` (Peewee 3.17+ moves the
+    driver's exception there), else its first argument (older Peewee), else the
+    exception it was raised while handling."""
+    if not isinstance(exc, peewee.PeeweeException):
+        return exc
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, Exception):
+        return orig
+    if exc.args and isinstance(exc.args[0], Exception):
         return exc.args[0]
+    if isinstance(exc.__context__, Exception):
+        return exc.__context__
     return exc
 
 

@@ -16,6 +16,7 @@ import peewee
 import pytest
 
 from kavach.errors import ConfigurationError, StoreError
+from kavach.records import SubscriptionState
 from kavach.stores import SCHEMA_VERSION, open_store
 from kavach.stores import sql as sql_module
 from kavach.stores.sql import SqlStore
@@ -645,3 +646,53 @@ def test_a_link_made_concurrently_elsewhere_wins(
     unlinked = sql_store.get_user("u1")
     assert unlinked is not None and unlinked.polar_customer_id is None
     assert unlinked.polar_subscription_version == 1
+
+
+def test_a_deadlock_is_rolled_back_and_run_again(
+    sql_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two subscriptions swap holders at once: each write locks its subscription's new
+    # holder, then (after the pause) its previous one — the other's order. The server
+    # kills one as a deadlock; the store must run it again, not raise StoreError.
+    if sql_store.kind == "sqlite":
+        pytest.skip("SQLite serializes writers (BEGIN IMMEDIATE): no deadlock")
+    sql_store.create_user(user("a"))
+    sql_store.create_user(user("b"))
+    sql_store.apply_subscription(state("S", user_id="a", version=1))
+    sql_store.apply_subscription(state("T", user_id="b", version=1))
+    read = SqlStore._read_subscriptions
+
+    def slow_read(self: SqlStore, subscription: Any) -> Any:
+        result = read(self, subscription)
+        time.sleep(0.5)
+        return result
+
+    retried: list[bool] = []
+    retryable = sql_module._is_retryable
+
+    def recording(exc: BaseException) -> bool:
+        retried.append(retryable(exc))
+        return retried[-1]
+
+    monkeypatch.setattr(SqlStore, "_read_subscriptions", slow_read)
+    monkeypatch.setattr(sql_module, "_is_retryable", recording)
+    results: dict[str, object] = {}
+
+    def move(name: str, moved: SubscriptionState) -> None:
+        try:
+            results[name] = sql_store.apply_subscription(moved)
+        except Exception as exc:
+            results[name] = exc
+
+    threads = [
+        threading.Thread(target=move, args=("S", state("S", user_id="b", version=2))),
+        threading.Thread(target=move, args=("T", state("T", user_id="a", version=2))),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {"S": True, "T": True}
+    assert True in retried  # a deadlock happened, and was retried
+    assert [s.id for s in sql_store.list_subscriptions("a")] == ["T"]
+    assert [s.id for s in sql_store.list_subscriptions("b")] == ["S"]
