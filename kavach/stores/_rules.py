@@ -188,9 +188,14 @@ def finished(
     subscription_id: str | None,
 ) -> InboxEvent:
     """``stored`` after ``finish_event``; see :meth:`kavach.stores.base.Store.finish_event`.
-    Whatever the status, the claim is released (a failed delivery is free for the retry)."""
+    Whatever the status, the claim is released (a failed delivery is free for the retry).
+    A processed delivery is final: a late report of another status (a request whose
+    callback outlived its claim and then failed, while a copy finished the delivery)
+    leaves it as it is — else Polar's retry would run the callback a second time."""
     if status not in INBOX_STATUSES:
         raise ValueError(f"inbox status must be one of {INBOX_STATUSES}, not {status!r}")
+    if stored.status == "processed" and status != "processed":
+        return stored
     keep_outcome = outcome is None or stored.outcome == "applied"
     return attrs.evolve(
         stored,

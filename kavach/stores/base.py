@@ -196,8 +196,9 @@ class Store(Protocol):
         release the claim (``claimed_until=None``) whatever the status, so a failed
         delivery is free for the retry.
         An ``"applied"`` outcome is never overwritten (a concurrent duplicate that found the
-        state already written must not hide that this delivery applied it). Raises
-        ``NotFoundError`` for an unknown id."""
+        state already written must not hide that this delivery applied it), and a
+        processed delivery is final: finishing it again with another status returns it
+        unchanged. Raises ``NotFoundError`` for an unknown id."""
         ...
 
     def get_event(self, webhook_id: str) -> InboxEvent | None: ...

@@ -82,6 +82,31 @@ def test_a_copy_arriving_while_the_callback_runs_is_in_progress(harness: PolarHa
     assert len(calls) == 1
 
 
+def test_a_callback_that_fails_after_a_copy_took_over_and_finished_is_not_run_again(
+    harness: PolarHarness,
+) -> None:
+    # R1's callback outlives its claim; a copy (R2) takes the delivery over and finishes
+    # it; then R1's callback raises. R1 answers 500, but the delivery stays processed:
+    # Polar's retry of R1 is a duplicate, and the change was notified once, by R2.
+    user = make_user(harness)
+    body, msg_id = update(user, new_id(), 1), new_id()
+    completed: list[str] = []
+
+    def slow_then_failing(user_id: str, sub: PolarSubscription) -> None:
+        harness.clock.advance(timedelta(seconds=CLAIM + 1))  # the claim runs out
+        harness.plugin.on_subscription_change = lambda u, s: completed.append(s.id)
+        assert harness.deliver(body, msg_id).outcome == "applied"  # R2 takes over
+        raise RuntimeError("R1's callback fails at last")
+
+    harness.plugin.on_subscription_change = slow_then_failing
+    with pytest.raises(WebhookCallbackError):
+        harness.deliver(body, msg_id)
+    stored = harness.kavach.store.get_event(msg_id)
+    assert stored is not None and stored.status == "processed"
+    assert harness.deliver(body, msg_id).outcome == "duplicate"  # Polar's retry of R1
+    assert len(completed) == 1
+
+
 def test_a_copy_of_a_delivery_in_flight_changes_nothing(harness: PolarHarness) -> None:
     user = make_user(harness)
     body, msg_id = update(user, new_id(), 1), new_id()

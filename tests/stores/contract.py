@@ -306,6 +306,15 @@ class StoreContract:
         assert done.outcome == "applied"
         assert store.get_event("wh1") == done
 
+    def test_a_processed_delivery_stays_processed(self, store: Store) -> None:
+        # A request whose callback outlived its claim reports "failed" after a copy of
+        # the delivery finished it: the late report changes nothing (else Polar's retry
+        # of that request would run the callback a second time).
+        store.record_event(event("wh1"))
+        done = store.finish_event("wh1", status="processed", at=T0, outcome="applied")
+        late = store.finish_event("wh1", status="failed", at=T0, error="callback raised")
+        assert late == done and store.get_event("wh1") == done
+
     def test_finish_event_leaves_fields_given_as_none(self, store: Store) -> None:
         store.record_event(event("wh1"))
         store.finish_event("wh1", status="failed", at=T0, outcome="ignored", user_id="u1")
