@@ -60,6 +60,12 @@ def add_events_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     target.add_argument(
         "--failed", action="store_true", help="every delivery with status failed or received"
     )
+    replay.add_argument(
+        "--without-callback",
+        action="store_true",
+        help="also finish deliveries whose state is applied but whose on_subscription_change "
+        "never returned: the app's callback will not run for them",
+    )
     replay.set_defaults(run=run_replay)
 
 
@@ -172,8 +178,10 @@ def run_replay(args: argparse.Namespace, environ: Mapping[str, str], stdout: Tex
     """``kavach polar events replay (WEBHOOK_ID | --failed)``.
 
     Your application's ``on_subscription_change`` does not run here (it lives in your
-    app's process): replay from the app with ``kavach.plugins.polar.replay_event(id)``
-    when the callback must run.
+    app's process). A delivery whose state is applied but whose callback never returned
+    (it raised, or the process died in it) still owes that callback: it is skipped — replay
+    it from the app with ``kavach.plugins.polar.replay_event(id)`` — unless
+    ``--without-callback`` says to finish it anyway. Exit 1 when any was skipped or failed.
     """
     from kavach.errors import KavachError
 
@@ -191,6 +199,19 @@ def run_replay(args: argparse.Namespace, environ: Mapping[str, str], stdout: Tex
             ids = [args.webhook_id]
         failures = 0
         for webhook_id in ids:
+            stored = kavach.store.get_event(webhook_id)
+            owes_callback = (
+                stored is not None and stored.status != "processed" and stored.outcome == "applied"
+            )
+            if owes_callback and not args.without_callback:
+                failures += 1
+                print(
+                    f"{webhook_id}  skipped: its state is applied, its on_subscription_change "
+                    "has not run to the end; replay it from your app "
+                    "(kavach.plugins.polar.replay_event), or pass --without-callback",
+                    file=stdout,
+                )
+                continue
             try:
                 outcome = plugin.replay_event(webhook_id)
             except KavachError as exc:

@@ -82,9 +82,26 @@ def test_show_unknown_id_is_an_error(inbox: tuple[str, str, str]) -> None:
     assert code == 2
 
 
-def test_replay_failed_finishes_them(inbox: tuple[str, str, str]) -> None:
+def test_replay_skips_a_delivery_that_still_owes_the_apps_callback(
+    inbox: tuple[str, str, str],
+) -> None:
+    # Its state is applied, its callback raised: finishing it here (where the app's
+    # callback does not run) would lose that callback for good.
     url, _, failed_id = inbox
     code, out = run("polar", "events", "replay", "--failed", "--database", url, env=ENV)
+    assert code == 1
+    assert f"{failed_id}  skipped" in out and "replay_event" in out
+    assert "replayed 0 of 1 deliveries" in out
+    _, listing = run("polar", "events", "list", "--failed", "--database", url)
+    assert "1 of 1 deliveries" in listing
+
+
+def test_replay_failed_finishes_them_without_the_callback_when_told(
+    inbox: tuple[str, str, str],
+) -> None:
+    url, _, failed_id = inbox
+    code, out = run("polar", "events", "replay", "--failed", "--without-callback",
+                    "--database", url, env=ENV)
     assert code == 0, out
     assert f"{failed_id}  subscription.updated  applied" in out
     assert "replayed 1 of 1 deliveries" in out
