@@ -7,6 +7,8 @@ subscription belongs to, and when state may change (see design.md, "Webhooks").
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import re
@@ -476,11 +478,28 @@ class PolarPlugin:
                 continue
             seen.append(sub_id)
             state = state_from_payload(data, user.id, fallback_time=now)
-            self._check_customer_link(user, state.customer_id)
-            if self._store.apply_subscription(state):
+            if self._apply_from_api(user, state, data) == "applied":
                 applied.append(sub_id)
-                self._notify(user.id, state)
         return SyncResult(user_id=user.id, seen=tuple(seen), applied=tuple(applied))
+
+    def _apply_from_api(
+        self, user: UserRecord, state: SubscriptionState, data: Mapping[str, Any]
+    ) -> str:
+        """Apply a state read from Polar's API (``data``: its Subscription object) as a
+        delivery of its own (:meth:`_apply_state`); the outcome: ``applied``, ``stale``,
+        ``duplicate`` (this very state was applied and notified before) or ``in_progress``
+        (another request is running its callback). A callback that raises propagates as
+        :class:`WebhookCallbackError`; the next sync (or ``replay_event``) runs it again."""
+        now = self._clock.now()
+        payload = json.dumps(
+            {"type": "subscription.updated", "timestamp": now.isoformat(), "data": data},
+            separators=(",", ":"), ensure_ascii=False, default=str,
+        )
+        delivery = _Delivery(_api_delivery_id(state), "subscription.updated", payload, now)
+        try:
+            return self._apply_state(delivery, user, state).outcome
+        except WebhookInProgressError:
+            return "in_progress"
 
     def status(self, user_id: str) -> SubscriptionStatus:
         """The user's most relevant subscription (``None`` when none or revoked) and the
@@ -570,8 +589,7 @@ class PolarPlugin:
             raise SubscriptionNotFoundError(user_id)
         data = self.client.update_subscription(current.id, body)
         state = state_from_payload(data, user.id, fallback_time=self._clock.now())
-        if self._store.apply_subscription(state):
-            self._notify(user.id, state)
+        self._apply_from_api(user, state, data)
         stored = self._store.get_subscription(state.id) or state
         return PolarSubscription.from_state(stored)
 
@@ -720,6 +738,17 @@ class PolarPlugin:
             state = subscription.state_for(user.id)
         except SubscriptionPayloadError as exc:
             return self._fail(delivery, str(exc), user_id=user.id)
+        return self._apply_state(delivery, user, state)
+
+    def _apply_state(
+        self, delivery: _Delivery, user: UserRecord, state: SubscriptionState
+    ) -> WebhookOutcome:
+        """Record ``delivery`` and apply ``state`` (held by ``user``) in one commit, then
+        run the callback once per applied change, as design.md "Webhooks" says: the
+        webhook path once the user is matched, and the path of every state kavach reads
+        from Polar's API itself (``sync``, cancel...) under an inbox row of its own (see
+        :func:`_api_delivery_id`), so a callback that raises there is owed, and run again,
+        just as for a webhook."""
         if user.polar_customer_id != state.customer_id:
             self._check_customer_link(user, state.customer_id)
         callback = self.on_subscription_change
@@ -844,6 +873,14 @@ class PolarPlugin:
         if result.duplicate:
             return _duplicate(result.event, delivery.event_type)
         raise WebhookPayloadError("bad_subscription", reason)
+
+
+def _api_delivery_id(state: SubscriptionState) -> str:
+    """The inbox id of a state kavach read from Polar's API (not a webhook): one per
+    subscription version, so the same state read twice is one delivery (a duplicate
+    once notified) and a callback it still owes is run by the next read."""
+    digest = hashlib.sha256(f"{state.id}\n{state.version}".encode()).hexdigest()[:32]
+    return f"kavach-api-{digest}"
 
 
 class _Delivery(NamedTuple):

@@ -18,6 +18,7 @@ from kavach import (
     PolarPermissionError,
     PolarValidationError,
     UserNotFoundError,
+    WebhookCallbackError,
     create_kavach,
 )
 from kavach.auth import polar
@@ -205,6 +206,33 @@ def test_with_two_subscriptions_cancel_and_uncancel_pick_the_right_one(world: Wo
     assert resumed.id == second  # the newer of the two ending ones
     current = world.plugin.get_subscription(user)
     assert current is not None and (current.id, current.cancel_at_period_end) == (second, False)
+
+
+def test_a_callback_that_raises_during_sync_is_run_again_by_the_next_sync(
+    world: World,
+) -> None:
+    # The state is committed before the callback runs: a callback that raises used to be
+    # lost (the next sync and the webhook of that state found nothing new to apply).
+    user = world.user()
+    sub = world.subscribe(user)
+    failing = {"left": 1}
+
+    def flaky(user_id: str, changed: PolarSubscription) -> None:
+        if failing["left"]:
+            failing["left"] -= 1
+            raise RuntimeError("the app's database is down")
+        world.calls.append((user_id, changed))
+
+    world.plugin.on_subscription_change = flaky
+    with pytest.raises(WebhookCallbackError):
+        world.plugin.sync(user)
+    assert world.calls == []
+    assert world.plugin.get_subscription(user) is not None  # the state itself is applied
+    again = world.plugin.sync(user)
+    assert [changed.id for _, changed in world.calls] == [sub]
+    assert again.applied == (sub,)
+    assert world.plugin.sync(user).applied == ()  # notified: nothing owed any more
+    assert len(world.calls) == 1
 
 
 def test_cancel_without_a_subscription(world: World) -> None:
