@@ -85,7 +85,8 @@ class Sessions:
         )
 
     def revoke(self, token: str) -> bool:
-        """Revoke the session; ``True`` when a live session was revoked."""
+        """Revoke the session; ``True`` when it existed and was not revoked yet (an
+        expired one included: it is revoked too, and resolves to nothing either way)."""
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_LENGTH:
             return False
         return self._store.revoke_session(hash_token(token), self._clock.now())

@@ -109,7 +109,7 @@ class TableStore:
             return tables.sessions.get(token_hash)
 
     def revoke_session(self, token_hash: str, at: datetime) -> bool:
-        """Mark the session revoked; ``True`` when a live one was revoked."""
+        """Mark the session revoked; ``True`` when it was not revoked yet (expired or not)."""
         at = as_utc(at)
         with self._locked(writing=True) as tables:
             change = tables.plan_revoke_session(token_hash, at)

@@ -109,7 +109,7 @@ class Store(Protocol):
         ...
 
     def revoke_session(self, token_hash: str, at: datetime) -> bool:
-        """Mark revoked; ``True`` when a live (not yet revoked) session was revoked."""
+        """Mark revoked; ``True`` when the session was not revoked yet (expired or not)."""
         ...
 
     def delete_expired_sessions(self, now: datetime) -> int:

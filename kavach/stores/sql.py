@@ -1101,7 +1101,7 @@ class SqlStore:
 
     @_guarded
     def revoke_session(self, token_hash: str, at: datetime) -> bool:
-        """Mark the session revoked; ``True`` when a live one was revoked."""
+        """Mark the session revoked; ``True`` when it was not revoked yet (expired or not)."""
         revoked_at = self._sessions.value("revoked_at", as_utc(at))
         cursor = self._run(self._sql.revoke_session, (revoked_at, token_hash))
         return bool(cursor.rowcount == 1)
