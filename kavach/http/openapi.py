@@ -120,7 +120,10 @@ _SCHEMAS: dict[str, Any] = {
             "successUrl": {
                 "type": ["string", "null"],
                 "format": "uri",
-                "description": "Must be on a trusted origin (the server's own or configured).",
+                "description": (
+                    "Must be on a configured trusted origin (the server's own counts on a "
+                    "loopback host only)."
+                ),
             },
         },
     },
@@ -185,7 +188,10 @@ _SCHEMAS: dict[str, Any] = {
             "returnUrl": {
                 "type": ["string", "null"],
                 "format": "uri",
-                "description": "Must be on a trusted origin.",
+                "description": (
+                    "Must be on a configured trusted origin (the server's own counts on a "
+                    "loopback host only)."
+                ),
             },
         },
     },

@@ -70,16 +70,18 @@ class FailureLimiter:
                     wait = max(wait, times[-self.max_failures] + self.window - now)
         return max(1, math.ceil(wait)) if wait > 0 else None
 
-    def begin(self, keys: Iterable[str]) -> int | None:
-        """Start an attempt for ``keys``: ``None`` when it may go ahead (it then counts
-        against every key until :meth:`end`), else the seconds to wait. Failures and
-        attempts in flight together may not exceed ``max_failures`` per key."""
+    def begin(self, keys: Iterable[str], *, hold: Iterable[str] | None = None) -> int | None:
+        """Start an attempt for ``keys``: ``None`` when it may go ahead, else the seconds
+        to wait. The attempt counts against the ``hold`` keys (default: all) until
+        :meth:`end`: for them, failures and attempts in flight together may not exceed
+        ``max_failures``; the others are checked for failures only."""
         keys = tuple(keys)
+        held = keys if hold is None else tuple(hold)
         now = self._now()
         with self._lock:
             wait = 0.0
             for key in keys:
-                used = self._pending.get(key, 0)
+                used = self._pending.get(key, 0) if key in held else 0
                 times = self._failures.get(key)
                 if times is not None:
                     self._expire(times, now)
@@ -92,36 +94,46 @@ class FailureLimiter:
                     wait = max(wait, 1.0)
             if wait > 0:
                 return max(1, math.ceil(wait))
-            for key in keys:
+            for key in held:
                 self._pending[key] = self._pending.get(key, 0) + 1
             return None
 
-    def end(self, keys: Iterable[str], *, failed: bool) -> None:
-        """End an attempt :meth:`begin` let through; ``failed`` records a failure."""
+    def end(
+        self, keys: Iterable[str], *, hold: Iterable[str] | None = None, failed: bool
+    ) -> None:
+        """End an attempt :meth:`begin` let through (same ``keys`` and ``hold``);
+        ``failed`` records a failure against every key — in the same step that frees the
+        attempt's place, so no other attempt slips in between."""
         keys = tuple(keys)
+        held = keys if hold is None else tuple(hold)
+        now = self._now()
         with self._lock:
-            for key in keys:
+            for key in held:
                 left = self._pending.get(key, 0) - 1
                 if left > 0:
                     self._pending[key] = left
                 else:
                     self._pending.pop(key, None)
-        if failed:
-            self.fail(keys)
+            if failed:
+                self._record(keys, now)
 
     def fail(self, keys: Iterable[str]) -> None:
         """Record one failure against each key."""
         now = self._now()
         with self._lock:
-            for key in keys:
-                times = self._failures.pop(key, None)  # re-insert: dict order = recency
-                if times is None:
-                    times = deque(maxlen=self.max_failures)
-                self._expire(times, now)
-                times.append(now)
-                self._failures[key] = times
-            while len(self._failures) > self._max_keys:
-                del self._failures[next(iter(self._failures))]
+            self._record(keys, now)
+
+    def _record(self, keys: Iterable[str], now: float) -> None:
+        """Record one failure against each key (the lock held)."""
+        for key in keys:
+            times = self._failures.pop(key, None)  # re-insert: dict order = recency
+            if times is None:
+                times = deque(maxlen=self.max_failures)
+            self._expire(times, now)
+            times.append(now)
+            self._failures[key] = times
+        while len(self._failures) > self._max_keys:
+            del self._failures[next(iter(self._failures))]
 
     def reset(self, key: str) -> None:
         """Forget the failures of one key (after a successful sign-in)."""

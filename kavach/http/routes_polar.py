@@ -201,6 +201,9 @@ def _change_subscription(ctx: HttpContext, request: Request, *, cancel: bool) ->
         raise HttpError(
             409, "subscription_locked", "the subscription has a pending update; try again later"
         ) from None
+    except WebhookCallbackError as exc:
+        logger.error("subscription callback failed: %s", exc, exc_info=exc.cause)
+        raise HttpError(500, "callback_failed", "the subscription callback failed") from None
     except PolarError as exc:
         logger.warning("polar subscription update failed: %r", exc)
         raise HttpError(502, "polar_error", polar_failure_message(exc)) from None
@@ -229,6 +232,9 @@ def checkout_status(ctx: HttpContext, request: Request, checkout_id: str) -> Res
         raise unauthorized("the session's user no longer exists") from None
     except NotFoundError:
         raise HttpError(404, "not_found", "no such checkout") from None
+    except WebhookCallbackError as exc:
+        logger.error("subscription callback failed: %s", exc, exc_info=exc.cause)
+        raise HttpError(500, "callback_failed", "the subscription callback failed") from None
     except PolarError as exc:
         logger.warning("polar checkout lookup failed: %r", exc)
         raise HttpError(502, "polar_error", polar_failure_message(exc)) from None

@@ -11,8 +11,9 @@
   arrive within it, so a client trickling bytes just inside the socket timeout cannot
   hold a thread forever. A request that misses the deadline, or stalls past the socket
   timeout once started, gets ``408 Request Timeout`` and the connection is closed;
-* at most ``max_connections`` (256) connections handled at once; one more is answered
-  ``503`` and closed straight away (``None`` lifts the cap);
+* optionally at most ``max_connections`` connections handled at once (no cap by
+  default: idle keep-alive connections count too); one more is answered ``503`` and
+  closed straight away;
 * one log line per request: method, path, status, duration (never headers or bodies);
   ``-`` stands for a method or path a malformed request line did not give.
 
@@ -48,8 +49,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("kavach.http")
 
 DEFAULT_TIMEOUT = 30.0
-#: Connections handled at once; one more gets 503.
-DEFAULT_MAX_CONNECTIONS = 256
+#: Connections handled at once by default: no cap. A cap counts idle keep-alive
+#: connections too, so a client holding that many idle sockets would lock everyone out
+#: for the socket timeout; set one (``max_connections=``) behind a proxy that bounds them.
+DEFAULT_MAX_CONNECTIONS: int | None = None
 _MAX_REQUEST_LINE = 65536
 #: After refusing a body, read and drop at most this much of it (for at most 1 s) before
 #: closing, so the client reads the 413 instead of a connection reset.

@@ -105,7 +105,7 @@ class WSGIApp:
 
 
 def _under(path: str, base: str) -> bool:
-    return not base or path == base or path.startswith(base + "/")
+    return path == base or path.startswith(base + "/")
 
 
 def _route_path(script_name: str, path_info: str, base: str) -> str:
@@ -114,6 +114,8 @@ def _route_path(script_name: str, path_info: str, base: str) -> str:
     gunicorn's ``SCRIPT_NAME``, a proxy's prefix), the full path starts with the prefix:
     then the part from the mount point on (``base + PATH_INFO`` when mounted at ``base``,
     ``PATH_INFO`` when mounted at the prefix's ``/``)."""
+    if not base:  # base_path "/": the routes are at the mount point, whatever is above
+        return path_info or "/"
     full = script_name + path_info
     if _under(full, base):
         return full

@@ -127,6 +127,20 @@ def test_attempts_in_flight_count_against_the_limit() -> None:
     assert "keys=2" in repr(limiter)
 
 
+def test_attempts_in_flight_count_only_against_the_held_keys() -> None:
+    # Sign-in holds the email key: concurrent sign-ins from one IP (an office behind one
+    # address) are no failures, and do not block each other.
+    limiter = FailureLimiter(FrozenClock(), max_failures=3, window=60)
+    for n in range(10):
+        keys = ["ip:office", f"email:{n}"]
+        assert limiter.begin(keys, hold=keys[1:]) is None
+    assert limiter.begin(["ip:office", "email:0"], hold=["email:0"]) is None
+    assert limiter.begin(["ip:office", "email:0"], hold=["email:0"]) is None
+    assert limiter.begin(["ip:office", "email:0"], hold=["email:0"]) == 1  # 3 in flight
+    limiter.end(["ip:office", "email:0"], hold=["email:0"], failed=True)
+    assert limiter.begin(["ip:office", "email:0"], hold=["email:0"]) == 1  # 2 + 1 failure
+
+
 def test_the_email_key_is_a_fixed_size_digest_of_the_normalized_email() -> None:
     huge = "x" * 500_000 + "@acme.io"
     assert len(_email_digest(huge)) == 64

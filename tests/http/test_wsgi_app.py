@@ -129,6 +129,13 @@ def test_paths_outside_the_base_path_stay_404(
     assert status.startswith("404")
 
 
+def test_with_base_path_slash_the_routes_are_at_the_mount_point_under_any_prefix() -> None:
+    with create_kavach("memory://", base_path="/", password_hasher=PasswordHasher.fast()) as k:
+        for script_name in ("", "/shop", "/shop/auth-app"):
+            status, _, _ = call(k.wsgi_app, SCRIPT_NAME=script_name, PATH_INFO="/auth/session")
+            assert status.startswith("401"), script_name
+
+
 def test_flask_deployed_under_a_prefix_reaches_the_routes(kavach: Kavach) -> None:
     # gunicorn --env SCRIPT_NAME=/shop (or a proxy prefix): Flask strips /shop, the
     # dispatcher mounts kavach at /api/kavach, kavach sees SCRIPT_NAME=/shop/api/kavach.

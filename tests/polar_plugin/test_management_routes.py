@@ -146,6 +146,18 @@ def test_checkout_of_a_product_polar_refuses_is_400_not_502(app: App) -> None:
     assert (answer.json()["error"], answer.json()["field"]) == ("invalid_input", "productId")
 
 
+def test_a_callback_that_raises_on_cancel_is_a_500_not_a_polar_failure(app: App) -> None:
+    # Polar did cancel; the app's own callback failed: not "Polar request failed" (502).
+    _, token = subscribed(app)
+
+    def failing(user_id: str, sub: Any) -> None:
+        raise RuntimeError("the app's database is down")
+
+    app.kavach.plugins.polar.on_subscription_change = failing
+    answer = app.call("POST", "/auth/polar/subscription/cancel", token)
+    assert (answer.status_code, answer.json()["error"]) == (500, "callback_failed")
+
+
 def test_cancel_without_a_subscription_is_404(app: App) -> None:
     _, token = app.user()
     answer = app.call("POST", "/auth/polar/subscription/cancel", token)
