@@ -82,15 +82,40 @@ def utc_record(record: R) -> R:
 
 
 def to_json(record: Record) -> dict[str, Any]:
-    """A JSON-ready dict of ``record``; datetimes become ISO 8601 text."""
-    datetimes = DATETIME_FIELDS[type(record)]
+    """A JSON-ready dict of ``record``; datetimes become ISO 8601 text.
+
+    What :func:`from_json` would refuse is never written (the store could not be opened
+    again): a value of another type than its field's raises ``TypeError``, except what
+    the SQL stores take as that type too — ``0``/``1`` for a bool, an integral float for
+    an integer — which is written as that type."""
+    cls = type(record)
+    plain, datetimes = _FIELD_SPECS[cls]
     out: dict[str, Any] = {}
-    for name in FIELD_NAMES[type(record)]:
+    for name, json_type, optional, _ in plain:
         value = getattr(record, name)
-        if value is not None and name in datetimes:
+        if type(value) is not json_type and not (value is None and optional):
+            value = _coerced(cls, name, value, json_type)
+        out[name] = value
+    for name, optional, _ in datetimes:
+        value = getattr(record, name)
+        if isinstance(value, datetime):
             value = value.isoformat(timespec="microseconds")
+        elif not (value is None and optional):
+            raise TypeError(f"{cls.__name__}.{name} must be a datetime, not {type(value).__name__}")
         out[name] = value
     return out
+
+
+def _coerced(cls: type[Record], name: str, value: Any, json_type: type[Any]) -> Any:
+    """``value`` as ``json_type`` where a SQL store would take it so; else ``TypeError``."""
+    if json_type is bool and type(value) is int and value in (0, 1):
+        return bool(value)
+    if json_type is int and type(value) is float and value.is_integer():
+        return int(value)
+    raise TypeError(
+        f"{cls.__name__}.{name} must be {_JSON_TYPE_NAMES_BY_TYPE[json_type]}, "
+        f"not {type(value).__name__}"
+    )
 
 
 #: What :func:`from_json` calls each record type in its messages, and the field naming
@@ -149,6 +174,9 @@ _FIELD_SPECS: Mapping[type[Record], tuple[tuple[_PlainSpec, ...], tuple[_Datetim
 )
 
 _MISSING: Any = object()
+_JSON_TYPE_NAMES_BY_TYPE: Mapping[type[Any], str] = MappingProxyType(
+    {str: "text", int: "an integer", bool: "a bool"}
+)
 
 
 def from_json(cls: type[R], data: Mapping[str, Any]) -> R:

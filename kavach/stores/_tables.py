@@ -14,6 +14,7 @@ lock; nothing here is thread-safe on its own.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
@@ -31,6 +32,8 @@ from kavach.records import (
 )
 from kavach.stores import _rules
 from kavach.stores.base import normalize_email
+
+_log = logging.getLogger("kavach.stores")
 
 
 class Change(NamedTuple):
@@ -283,13 +286,35 @@ class Tables:
                 field="polar_customer_id",
             )
 
+    def recompute_mirrors(self) -> None:
+        """Give every user holding two or more subscriptions the mirror columns the
+        current relevance rule picks (after a change of the rule: stored mirrors are
+        computed when a state is written)."""
+        holders: dict[str, int] = {}
+        for state in self.subscriptions.values():
+            holders[state.user_id] = holders.get(state.user_id, 0) + 1
+        for user_id, count in holders.items():
+            user = self.users.get(user_id)
+            if count > 1 and user is not None:
+                self._put_user(_rules.with_mirror(user, self.subscriptions_of(user_id)))
+
     def _put_user(self, user: UserRecord) -> None:
         previous = self.users.get(user.id)
         self.users[user.id] = user
         if previous is None or previous.email != user.email:
             if previous is not None:
-                self.user_id_by_email.pop(normalize_email(previous.email), None)
-            self.user_id_by_email[normalize_email(user.email)] = user.id
+                old_key = normalize_email(previous.email)
+                if self.user_id_by_email.get(old_key) == user.id:
+                    del self.user_id_by_email[old_key]
+            key = normalize_email(user.email)
+            holder = self.user_id_by_email.get(key)
+            if holder is None or holder == user.id or _keeps_key(user, self.users.get(holder)):
+                self.user_id_by_email[key] = user.id
+            else:  # stored under an older rule (schema < 4): the first holder keeps it
+                _log.warning(
+                    "users %s and %s have the same normalized email; %s keeps it",
+                    holder, user.id, holder,
+                )
         if previous is None or previous.polar_customer_id != user.polar_customer_id:
             if previous is not None and previous.polar_customer_id is not None:
                 self.user_id_by_customer.pop(previous.polar_customer_id, None)
@@ -302,3 +327,14 @@ class Tables:
             self.subscription_ids_by_user[previous.user_id].discard(state.id)
         self.subscriptions[state.id] = state
         self.subscription_ids_by_user.setdefault(state.user_id, set()).add(state.id)
+
+
+def _keeps_key(user: UserRecord, holder: UserRecord | None) -> bool:
+    """Whether ``user`` takes a normalized email ``holder`` holds, both stored under an
+    older rule (the index of an upgraded store): as the SQL store's schema 4 migration
+    decides, the one whose email was already in that form (by case folding alone) keeps
+    it, and otherwise the first to hold it."""
+    if holder is None:
+        return True
+    key = normalize_email(user.email)
+    return user.email.strip().casefold() == key != holder.email.strip().casefold()

@@ -168,7 +168,10 @@ class JsonFileStore(TableStore):
             with self._locked(writing=True):
                 if self._schema_version < SCHEMA_VERSION:
                     # Upgrade: records of older versions read with the new fields' defaults
-                    # (version 2 added InboxEvent.claimed_until); rewrite them as current.
+                    # (version 2 added InboxEvent.claimed_until); mirrors picked by the
+                    # relevance rule of version 4 (an ending subscription no longer hides
+                    # a renewing one); rewrite them as current.
+                    self._tables.recompute_mirrors()
                     self._compact()
             _fsync_directory(self._directory)
         except BaseException:

@@ -132,6 +132,8 @@ from kavach.stores.base import SCHEMA_VERSION, normalize_email
 Dialect = Literal["sqlite", "postgres", "mysql"]
 
 _log = logging.getLogger("kavach.stores")
+#: The ``email_normalized`` column's width (VARCHAR(255)).
+_EMAIL_KEY_LENGTH = 255
 USERS = "kavach_users"
 SESSIONS = "kavach_sessions"
 SUBSCRIPTIONS = "kavach_polar_subscriptions"
@@ -284,6 +286,7 @@ class _Statements:
     email_taken: str
     customer_taken: str
     update_user_profile: str
+    update_user_email_key: str
     update_user_customer: str
     update_user_mirror: str
     update_user_mirror_and_customer: str
@@ -389,9 +392,9 @@ def _statements(dialect: Dialect, p: str) -> _Statements:
         email_taken=f"SELECT 1 FROM {USERS} WHERE email_normalized = {p}",
         customer_taken=f"SELECT 1 FROM {USERS} WHERE polar_customer_id = {p}",
         update_user_profile=(
-            f"UPDATE {USERS} SET "
-            f"{assign(('email', 'email_normalized', 'name', 'password_hash'))} WHERE id = {p}"
+            f"UPDATE {USERS} SET {assign(('email', 'name', 'password_hash'))} WHERE id = {p}"
         ),
+        update_user_email_key=f"UPDATE {USERS} SET email_normalized = {p} WHERE id = {p}",
         update_user_customer=f"UPDATE {USERS} SET polar_customer_id = {p} WHERE id = {p}",
         update_user_mirror=f"UPDATE {USERS} SET {assign(_rules.MIRROR_FIELDS)} WHERE id = {p}",
         update_user_mirror_and_customer=(
@@ -648,6 +651,12 @@ def _migrate_to_v4(db: Any, models: _Models) -> None:
     for user_id, email, stored in rows.fetchall():
         key = normalize_email(email)
         if key == stored:
+            continue
+        if len(key) > _EMAIL_KEY_LENGTH:  # NFKC can lengthen it past the column
+            _log.warning(
+                "schema v4: user %s's normalized email would exceed %d characters; it keeps "
+                "its old key", user_id, _EMAIL_KEY_LENGTH,
+            )
             continue
         holder = db.execute_sql(
             f"SELECT id FROM {USERS} WHERE email_normalized = {param}", (key,)
@@ -935,11 +944,27 @@ class SqlStore:
         for version, step in MIGRATIONS:
             if version > current:
                 step(self._db, models)
+                if version == 4 and current > 0:
+                    self._recompute_mirrors()
                 self._run(
                     f"INSERT INTO {SCHEMA} (version, applied_at) VALUES ({self._db.param}, "
                     f"{self._db.param})",
                     (version, self._users.value("created_at", datetime.now(UTC))),
                 )
+
+    def _recompute_mirrors(self) -> None:
+        """Schema 4 changed the relevance rule (an ending subscription no longer hides a
+        renewing one): every user holding two or more subscriptions gets the mirror
+        columns it now picks. (Part of the v4 migration, under its lock; it needs the
+        store's codecs, so it is a method.)"""
+        held = self._run(
+            f"SELECT user_id FROM {SUBSCRIPTIONS} GROUP BY user_id HAVING COUNT(*) > 1"
+        ).fetchall()
+        for (user_id,) in held:
+            with self._transaction():
+                holder = self._one(self._sql.lock_user_mirror, (user_id,))
+                if holder is not None:
+                    self._write_mirror(user_id, holder)
 
     def _table_settings(self) -> list[str]:
         """MySQL: utf8mb4 with a binary, no-pad collation, so ids compare exactly as in
@@ -1046,13 +1071,11 @@ class SqlStore:
                 if updated != user:
                     self._run(
                         self._sql.update_user_profile,
-                        (
-                            updated.email,
-                            normalize_email(updated.email),
-                            updated.name,
-                            updated.password_hash,
-                            user_id,
-                        ),
+                        (updated.email, updated.name, updated.password_hash, user_id),
+                    )
+                if updated.email != user.email:  # else the stored key stays as it is
+                    self._run(
+                        self._sql.update_user_email_key, (normalize_email(updated.email), user_id)
                     )
         except peewee.IntegrityError as exc:
             raise EmailTakenError(email or "") from exc

@@ -311,6 +311,61 @@ def test_a_version_3_database_gets_the_nfkc_email_keys(
         found = store.get_user_by_email(decomposed)
         assert found is not None and found.id == "u3"
         assert "u3" in caplog.text and "u1" in caplog.text
+        # u1 can still change its name or password (its key is left as it is).
+        assert store.update_user("u1", name="Jose One").name == "Jose One"
+        assert store.update_user("u1", password_hash="$argon2id$new").password_hash
+    finally:
+        store.close()
+
+
+def test_the_v4_upgrade_keeps_a_key_nfkc_would_make_too_long(
+    backend: SqliteFile | SqlServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # U+FDFA is one character, eighteen once NFKC-normalized: 27 characters, key 282.
+    email = "\ufdfa" * 15 + "@example.com"
+    old = open_at_version(backend, 3)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sql_module, "normalize_email", lambda e: e.strip().casefold())
+            old.create_user(user("u1", email=email))
+    finally:
+        old.close()
+    with caplog.at_level("WARNING", logger="kavach.stores"):
+        store = SqlStore.from_url(backend.url)  # opened: the migration did not fail
+    try:
+        assert store.schema_version() == 4
+        assert "u1" in caplog.text and "keeps its old key" in caplog.text
+    finally:
+        store.close()
+
+
+def test_the_v4_upgrade_recomputes_mirrors_by_the_new_relevance_rule(
+    backend: SqliteFile | SqlServer,
+) -> None:
+    # Schema 3 ranked an ending subscription (newer) before a renewing one (older).
+    from kavach import records
+
+    def old_rank(state: SubscriptionState) -> tuple[int, float, int]:
+        group = 0 if state.status in records.ACTIVE_STATUSES else 2
+        created = state.created_at.timestamp() if state.created_at else 0.0
+        return (group, -created, -state.version)
+
+    old = open_at_version(backend, 3)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(records, "subscription_rank", old_rank)
+            old.create_user(user("u1"))
+            old.apply_subscription(state("renews", created_at=T0))
+            old.apply_subscription(state("ends", created_at=T0 + timedelta(days=5),
+                                         cancel_at_period_end=True))
+            mirrored = old.get_user("u1")
+            assert mirrored is not None and mirrored.polar_subscription_id == "ends"
+    finally:
+        old.close()
+    store = SqlStore.from_url(backend.url)
+    try:
+        mirrored = store.get_user("u1")
+        assert mirrored is not None and mirrored.polar_subscription_id == "renews"
     finally:
         store.close()
 

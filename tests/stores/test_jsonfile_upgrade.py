@@ -1,0 +1,97 @@
+"""The JSON store across this release's rule changes (schema 4): emails keyed under NFKC
+and the new relevance rule applied to a store written under the old ones, and no write
+the store could not read back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from kavach import records
+from kavach.records import SubscriptionState
+from kavach.stores import _tables
+from kavach.stores.jsonfile import JsonFileStore
+
+from .factories import T0, state, user
+
+
+def as_schema_3(path: Path, store: JsonFileStore) -> None:
+    """Fold everything into the snapshot and label it schema 3."""
+    store.compact()
+    store.close()
+    snapshot = json.loads(path.read_text())
+    snapshot["schema_version"] = 3
+    path.write_text(json.dumps(snapshot))
+
+
+def test_two_users_the_nfkc_rule_takes_for_one_address_keep_distinct_lookups(
+    path: Path, open_json: Callable[..., JsonFileStore], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Written under case folding alone: the fullwidth address was a key of its own.
+    with monkeypatch.context() as patch:
+        patch.setattr(_tables, "normalize_email", lambda e: e.strip().casefold())
+        old = open_json()
+        old.create_user(user("real", email="jose@example.com"))
+        old.create_user(user("wide", email="\uff4aose@example.com", created_at=T0))
+        as_schema_3(path, old)
+    with caplog.at_level("WARNING", logger="kavach.stores"):
+        store = open_json()
+    found = store.get_user_by_email("JOSE@example.com")
+    assert found is not None and found.id == "real"  # its key did not change: it keeps it
+    assert "real" in caplog.text and "wide" in caplog.text
+    store.update_user("wide", email="other@example.com")  # must not drop real's entry
+    found = store.get_user_by_email("jose@example.com")
+    assert found is not None and found.id == "real"
+
+
+def test_the_upgrade_recomputes_mirrors_by_the_new_relevance_rule(
+    path: Path, open_json: Callable[..., JsonFileStore], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def old_rank(s: SubscriptionState) -> tuple[int, float, int]:
+        group = 0 if s.status in records.ACTIVE_STATUSES else 2
+        created = s.created_at.timestamp() if s.created_at else 0.0
+        return (group, -created, -s.version)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(records, "subscription_rank", old_rank)
+        old = open_json()
+        old.create_user(user("u1"))
+        old.apply_subscription(state("renews", created_at=T0))
+        old.apply_subscription(state("ends", created_at=T0 + timedelta(days=5),
+                                     cancel_at_period_end=True))
+        mirrored = old.get_user("u1")
+        assert mirrored is not None and mirrored.polar_subscription_id == "ends"
+        as_schema_3(path, old)
+    mirrored = open_json().get_user("u1")
+    assert mirrored is not None and mirrored.polar_subscription_id == "renews"
+
+
+def test_what_a_sql_store_would_take_is_written_as_its_type(
+    open_json: Callable[..., JsonFileStore],
+) -> None:
+    store = open_json()
+    store.create_user(user("u1"))
+    store.apply_subscription(state("s1", cancel_at_period_end=1, amount=10.0))  # type: ignore[arg-type]
+    reopened = open_json()  # a second store reads the journal
+    stored = reopened.get_subscription("s1")
+    assert stored is not None
+    assert (stored.cancel_at_period_end, stored.amount) == (True, 10)
+
+
+@pytest.mark.parametrize(
+    "fields", [{"amount": 10.5}, {"cancel_at_period_end": 2}, {"status": 5}],
+    ids=["fractional-amount", "bool-as-2", "status-as-int"],
+)
+def test_a_value_no_store_reads_back_as_its_type_is_refused_before_it_is_written(
+    open_json: Callable[..., JsonFileStore], fields: dict[str, object]
+) -> None:
+    store = open_json()
+    store.create_user(user("u1"))
+    with pytest.raises(TypeError):
+        store.apply_subscription(state("s1", **fields))
+    assert open_json().get_subscription("s1") is None  # nothing written; the store opens
