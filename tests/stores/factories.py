@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kavach.records import InboxEvent, SessionRecord, SubscriptionState, UserRecord
+from kavach.records import ACTIVE_STATUSES, InboxEvent, SessionRecord, SubscriptionState, UserRecord
 
 #: A fixed instant with microseconds, so round trips are checked to the microsecond.
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -64,3 +64,11 @@ def event(webhook_id: str = "wh1", **fields: Any) -> InboxEvent:
     }
     values.update(fields)
     return InboxEvent(**values)
+
+
+def rank_before_schema_4(s: SubscriptionState) -> tuple[int, float, int]:
+    """``kavach.records.subscription_rank`` as it was up to schema 3 (an ending active
+    subscription ranked with renewing ones): to write stores as that version did."""
+    group = 0 if s.status in ACTIVE_STATUSES else 2
+    created = s.created_at.timestamp() if s.created_at else 0.0
+    return (group, -created, -s.version)

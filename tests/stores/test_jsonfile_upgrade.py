@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from kavach import records
-from kavach.records import SubscriptionState
 from kavach.stores import _tables
 from kavach.stores.jsonfile import JsonFileStore
 
-from .factories import T0, state, user
+from .factories import T0, rank_before_schema_4, state, user
 
 
 def as_schema_3(path: Path, store: JsonFileStore) -> None:
@@ -52,13 +51,9 @@ def test_two_users_the_nfkc_rule_takes_for_one_address_keep_distinct_lookups(
 def test_the_upgrade_recomputes_mirrors_by_the_new_relevance_rule(
     path: Path, open_json: Callable[..., JsonFileStore], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def old_rank(s: SubscriptionState) -> tuple[int, float, int]:
-        group = 0 if s.status in records.ACTIVE_STATUSES else 2
-        created = s.created_at.timestamp() if s.created_at else 0.0
-        return (group, -created, -s.version)
 
     with monkeypatch.context() as patch:
-        patch.setattr(records, "subscription_rank", old_rank)
+        patch.setattr(records, "subscription_rank", rank_before_schema_4)
         old = open_json()
         old.create_user(user("u1"))
         old.apply_subscription(state("renews", created_at=T0))

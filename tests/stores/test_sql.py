@@ -24,7 +24,7 @@ from kavach.stores.sql import SqlStore
 from . import _workers
 from .conftest import SqlServer
 from .contract import StoreContract
-from .factories import T0, event, state, user
+from .factories import T0, event, rank_before_schema_4, state, user
 
 
 class SqlContract(StoreContract):
@@ -345,15 +345,10 @@ def test_the_v4_upgrade_recomputes_mirrors_by_the_new_relevance_rule(
     # Schema 3 ranked an ending subscription (newer) before a renewing one (older).
     from kavach import records
 
-    def old_rank(state: SubscriptionState) -> tuple[int, float, int]:
-        group = 0 if state.status in records.ACTIVE_STATUSES else 2
-        created = state.created_at.timestamp() if state.created_at else 0.0
-        return (group, -created, -state.version)
-
     old = open_at_version(backend, 3)
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(records, "subscription_rank", old_rank)
+            patch.setattr(records, "subscription_rank", rank_before_schema_4)
             old.create_user(user("u1"))
             old.apply_subscription(state("renews", created_at=T0))
             old.apply_subscription(state("ends", created_at=T0 + timedelta(days=5),
