@@ -51,7 +51,6 @@ def test_two_users_the_nfkc_rule_takes_for_one_address_keep_distinct_lookups(
 def test_the_upgrade_recomputes_mirrors_by_the_new_relevance_rule(
     path: Path, open_json: Callable[..., JsonFileStore], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-
     with monkeypatch.context() as patch:
         patch.setattr(records, "subscription_rank", rank_before_schema_4)
         old = open_json()
