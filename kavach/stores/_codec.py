@@ -108,10 +108,15 @@ def to_json(record: Record) -> dict[str, Any]:
 
 def _coerced(cls: type[Record], name: str, value: Any, json_type: type[Any]) -> Any:
     """``value`` as ``json_type`` where a SQL store would take it so; else ``TypeError``."""
+    if json_type is str and isinstance(value, str):  # a str subclass (an enum member)
+        return str(value)
     if json_type is bool and type(value) is int and value in (0, 1):
         return bool(value)
-    if json_type is int and type(value) is float and value.is_integer():
-        return int(value)
+    if json_type is int and not isinstance(value, bool):
+        if isinstance(value, int):  # an int subclass (an IntEnum member)
+            return int(value)
+        if type(value) is float and value.is_integer():
+            return int(value)
     raise TypeError(
         f"{cls.__name__}.{name} must be {_JSON_TYPE_NAMES_BY_TYPE[json_type]}, "
         f"not {type(value).__name__}"

@@ -77,6 +77,19 @@ def test_what_a_sql_store_would_take_is_written_as_its_type(
     assert (stored.cancel_at_period_end, stored.amount) == (True, 10)
 
 
+def test_a_str_subclass_is_written_as_text(open_json: Callable[..., JsonFileStore]) -> None:
+    import enum
+
+    class Status(enum.StrEnum):
+        ACTIVE = "active"
+
+    store = open_json()
+    store.create_user(user("u1"))
+    store.apply_subscription(state("s1", status=Status.ACTIVE))
+    stored = open_json().get_subscription("s1")
+    assert stored is not None and stored.status == "active"
+
+
 @pytest.mark.parametrize(
     "fields", [{"amount": 10.5}, {"cancel_at_period_end": 2}, {"status": 5}],
     ids=["fractional-amount", "bool-as-2", "status-as-int"],
