@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from kavach.clock import Clock
 
@@ -70,36 +70,38 @@ class FailureLimiter:
                     wait = max(wait, times[-self.max_failures] + self.window - now)
         return max(1, math.ceil(wait)) if wait > 0 else None
 
-    def begin(self, keys: Iterable[str], *, hold: Iterable[str] | None = None) -> int | None:
+    def begin(
+        self, keys: Iterable[str], *, hold: Mapping[str, int] | None = None
+    ) -> int | None:
         """Start an attempt for ``keys``: ``None`` when it may go ahead, else the seconds
-        to wait. The attempt counts against the ``hold`` keys (default: all) until
-        :meth:`end`: for them, failures and attempts in flight together may not exceed
-        ``max_failures``; the others are checked for failures only."""
+        to wait. A key is blocked once it has ``max_failures`` failures in the window.
+        The attempt also counts against every key of ``hold`` (default: each key, with a
+        cap of ``max_failures``) until :meth:`end`: a key whose failures and attempts in
+        flight reach its cap waits for one of them to end."""
         keys = tuple(keys)
-        held = keys if hold is None else tuple(hold)
+        caps = dict.fromkeys(keys, self.max_failures) if hold is None else dict(hold)
         now = self._now()
         with self._lock:
             wait = 0.0
             for key in keys:
-                used = self._pending.get(key, 0) if key in held else 0
                 times = self._failures.get(key)
+                failures = 0
                 if times is not None:
                     self._expire(times, now)
-                    used += len(times)
-                if used < self.max_failures:
-                    continue
-                if times is not None and len(times) >= self.max_failures:
+                    failures = len(times)
+                if failures >= self.max_failures:
+                    assert times is not None
                     wait = max(wait, times[-self.max_failures] + self.window - now)
-                else:  # attempts in flight fill the budget: one of them ends soon
-                    wait = max(wait, 1.0)
+                elif key in caps and failures + self._pending.get(key, 0) >= caps[key]:
+                    wait = max(wait, 1.0)  # attempts in flight fill the budget
             if wait > 0:
                 return max(1, math.ceil(wait))
-            for key in held:
+            for key in caps:
                 self._pending[key] = self._pending.get(key, 0) + 1
             return None
 
     def end(
-        self, keys: Iterable[str], *, hold: Iterable[str] | None = None, failed: bool
+        self, keys: Iterable[str], *, hold: Mapping[str, int] | None = None, failed: bool
     ) -> None:
         """End an attempt :meth:`begin` let through (same ``keys`` and ``hold``);
         ``failed`` records a failure against every key — in the same step that frees the

@@ -308,12 +308,14 @@ class Tables:
                     del self.user_id_by_email[old_key]
             key = normalize_email(user.email)
             holder = self.user_id_by_email.get(key)
-            if holder is None or holder == user.id or _keeps_key(user, self.users.get(holder)):
+            if holder is None or holder == user.id:
                 self.user_id_by_email[key] = user.id
-            else:  # stored under an older rule (schema < 4): the first holder keeps it
+            else:  # two users stored under an older rule (schema < 4): see _keeps_key
+                winner = user.id if _keeps_key(user, self.users.get(holder)) else holder
+                self.user_id_by_email[key] = winner
                 _log.warning(
                     "users %s and %s have the same normalized email; %s keeps it",
-                    holder, user.id, holder,
+                    holder, user.id, winner,
                 )
         if previous is None or previous.polar_customer_id != user.polar_customer_id:
             if previous is not None and previous.polar_customer_id is not None:
@@ -331,10 +333,14 @@ class Tables:
 
 def _keeps_key(user: UserRecord, holder: UserRecord | None) -> bool:
     """Whether ``user`` takes a normalized email ``holder`` holds, both stored under an
-    older rule (the index of an upgraded store): as the SQL store's schema 4 migration
-    decides, the one whose email was already in that form (by case folding alone) keeps
-    it, and otherwise the first to hold it."""
+    older rule (an upgraded store), decided as the SQL store's schema 4 migration does
+    and whatever the order records load in: the one whose email was already in that form
+    (by case folding alone) keeps it; else the older (``created_at``, then ``id``)."""
     if holder is None:
         return True
     key = normalize_email(user.email)
-    return user.email.strip().casefold() == key != holder.email.strip().casefold()
+    user_stable = user.email.strip().casefold() == key
+    holder_stable = holder.email.strip().casefold() == key
+    if user_stable != holder_stable:
+        return user_stable
+    return (user.created_at, user.id) < (holder.created_at, holder.id)

@@ -175,6 +175,7 @@ class ThreadedWSGIServer(WSGIServer):
     """wsgiref's server, one thread per connection (requests uses a pool)."""
 
     daemon_threads = True
+    request_queue_size = 128  # a burst of clients connecting at once is not refused
 
     def process_request(self, request: Any, client_address: Any) -> None:
         thread = threading.Thread(

@@ -103,3 +103,25 @@ def test_a_parallel_burst_gets_no_more_password_checks_than_the_limit(
                               range(30)))
     assert len(checked) <= 10
     assert codes.count(401) == len(checked) and codes.count(429) == 30 - len(checked)
+
+
+def test_a_parallel_spray_from_one_address_is_bounded_too(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many accounts, one address, all at once: a wider allowance than for one account
+    # (an office's concurrent sign-ins), but a bound — 5x the failure limit.
+    checked: list[int] = []
+    real = live.kavach.users.authenticate
+
+    def slow_authenticate(email: str, password: str) -> Any:
+        checked.append(1)
+        time.sleep(0.3)
+        return real(email, password)
+
+    monkeypatch.setattr(live.kavach.users, "authenticate", slow_authenticate)
+    with ThreadPoolExecutor(max_workers=80) as pool:
+        codes = list(pool.map(
+            lambda n: sign_in(live, f"user{n}@acme.io", "wrong").status_code, range(80)
+        ))
+    assert len(checked) <= 50
+    assert codes.count(401) == len(checked) and codes.count(429) == 80 - len(checked)

@@ -127,18 +127,24 @@ def test_attempts_in_flight_count_against_the_limit() -> None:
     assert "keys=2" in repr(limiter)
 
 
-def test_attempts_in_flight_count_only_against_the_held_keys() -> None:
-    # Sign-in holds the email key: concurrent sign-ins from one IP (an office behind one
-    # address) are no failures, and do not block each other.
+def test_attempts_in_flight_count_against_each_held_key_up_to_its_cap() -> None:
+    # Sign-in holds the email (cap: max_failures) and the IP (a wider cap): concurrent
+    # sign-ins from one office are no failures, a parallel spray is still bounded.
     limiter = FailureLimiter(FrozenClock(), max_failures=3, window=60)
-    for n in range(10):
-        keys = ["ip:office", f"email:{n}"]
-        assert limiter.begin(keys, hold=keys[1:]) is None
-    assert limiter.begin(["ip:office", "email:0"], hold=["email:0"]) is None
-    assert limiter.begin(["ip:office", "email:0"], hold=["email:0"]) is None
-    assert limiter.begin(["ip:office", "email:0"], hold=["email:0"]) == 1  # 3 in flight
-    limiter.end(["ip:office", "email:0"], hold=["email:0"], failed=True)
-    assert limiter.begin(["ip:office", "email:0"], hold=["email:0"]) == 1  # 2 + 1 failure
+
+    def hold(n: int) -> dict[str, int]:
+        return {f"email:{n}": 3, "ip:office": 15}
+
+    for n in range(15):
+        assert limiter.begin(["ip:office", f"email:{n}"], hold=hold(n)) is None
+    assert limiter.begin(["ip:office", "email:99"], hold=hold(99)) == 1  # 15 in flight
+    limiter.end(["ip:office", "email:1"], hold=hold(1), failed=False)
+    assert limiter.begin(["ip:office", "email:0"], hold=hold(0)) is None  # email:0: 2 now
+    assert limiter.begin(["ip:office", "email:0"], hold=hold(0)) == 1  # IP full again
+    for n in (2, 3):
+        limiter.end(["ip:office", f"email:{n}"], hold=hold(n), failed=False)
+    assert limiter.begin(["ip:office", "email:0"], hold=hold(0)) is None  # 3rd for email:0
+    assert limiter.begin(["ip:office", "email:0"], hold=hold(0)) == 1  # email:0 full
 
 
 def test_the_email_key_is_a_fixed_size_digest_of_the_normalized_email() -> None:

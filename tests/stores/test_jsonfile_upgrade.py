@@ -48,6 +48,29 @@ def test_two_users_the_nfkc_rule_takes_for_one_address_keep_distinct_lookups(
     assert found is not None and found.id == "real"
 
 
+@pytest.mark.parametrize("older_first", [True, False])
+def test_which_of_two_colliding_users_keeps_the_key_does_not_depend_on_load_order(
+    path: Path, open_json: Callable[..., JsonFileStore], monkeypatch: pytest.MonkeyPatch,
+    older_first: bool,
+) -> None:
+    # Neither address is in normalized form (fullwidth, decomposed): the older user keeps
+    # the key, as the SQL migration decides, on the first open and every later one.
+    wide = user("wide", email="\uff4aos\u00e9@example.com", created_at=T0)
+    nfd = user("nfd", email="jose\u0301@example.com", created_at=T0 + timedelta(days=1))
+    with monkeypatch.context() as patch:
+        patch.setattr(_tables, "normalize_email", lambda e: e.strip().casefold())
+        old = open_json()
+        for record in (wide, nfd) if older_first else (nfd, wide):
+            old.create_user(record)
+        as_schema_3(path, old)
+    first = open_json()
+    found = first.get_user_by_email("jos\u00e9@example.com")
+    assert found is not None and found.id == "wide"
+    first.compact()
+    found = open_json().get_user_by_email("jos\u00e9@example.com")
+    assert found is not None and found.id == "wide"
+
+
 def test_the_upgrade_recomputes_mirrors_by_the_new_relevance_rule(
     path: Path, open_json: Callable[..., JsonFileStore], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
