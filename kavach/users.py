@@ -185,5 +185,10 @@ class Users:
                 self._verify_dummy(password)
             raise InvalidCredentialsError()
         if self._hasher.needs_rehash(record.password_hash):
-            self._store.update_user(record.id, password_hash=self._hasher.hash(password))
+            # Only over the hash just verified: a password changed meanwhile stays.
+            self._store.update_user(
+                record.id,
+                password_hash=self._hasher.hash(password),
+                if_password_hash=record.password_hash,
+            )
         return User.from_record(record)

@@ -296,3 +296,28 @@ def test_a_wrong_password_for_an_older_hash_costs_what_an_unknown_email_costs() 
         with pytest.raises(InvalidCredentialsError):
             users.authenticate("jane@acme.io", "wrong password")
         assert len(verified) == unknown + 1  # its own hash, then the current-cost dummy
+
+
+def test_a_rehash_at_sign_in_does_not_undo_a_password_changed_meanwhile() -> None:
+    import argon2
+
+    with create_kavach("memory://", password_hasher=PasswordHasher.fast()) as k:
+        jane = k.users.create("jane@acme.io", password="old password 1")
+        current = PasswordHasher(
+            argon2.Parameters(type=argon2.Type.ID, version=19, salt_len=16, hash_len=16,
+                              time_cost=2, memory_cost=16, parallelism=1)
+        )
+        users = Users(k.store, current, k.clock)
+        real_verify = current.verify
+
+        def verify_then_change(password_hash: str, password: str) -> bool:
+            ok = real_verify(password_hash, password)
+            k.users.update(jane.id, password="new password 2")  # the owner, meanwhile
+            return ok
+
+        current.verify = verify_then_change  # type: ignore[method-assign]
+        users.authenticate("jane@acme.io", "old password 1")  # verified, then re-hashed
+        current.verify = real_verify  # type: ignore[method-assign]
+        assert k.users.authenticate("jane@acme.io", "new password 2").id == jane.id
+        with pytest.raises(InvalidCredentialsError):
+            k.users.authenticate("jane@acme.io", "old password 1")

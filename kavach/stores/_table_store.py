@@ -73,11 +73,13 @@ class TableStore:
         email: str | None = None,
         name: str | None = None,
         password_hash: str | None = None,
+        if_password_hash: str | None = None,
     ) -> UserRecord:
         """Change the given fields; see :meth:`kavach.stores.base.Store.update_user`."""
         with self._locked(writing=True) as tables:
             change, updated = tables.plan_update_user(
-                user_id, email=email, name=name, password_hash=password_hash
+                user_id, email=email, name=name, password_hash=password_hash,
+                if_password_hash=if_password_hash,
             )
             if change is not None:
                 self._commit(change)

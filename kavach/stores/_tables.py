@@ -108,9 +108,12 @@ class Tables:
         email: str | None,
         name: str | None,
         password_hash: str | None,
+        if_password_hash: str | None = None,
     ) -> tuple[Change | None, UserRecord]:
         """The change and the updated user; raises ``UserNotFoundError``, ``EmailTakenError``."""
         user = self._user(user_id)
+        if if_password_hash is not None and user.password_hash != if_password_hash:
+            return None, user
         if email is not None:
             holder = self.user_id_by_email.get(normalize_email(email))
             if holder is not None and holder != user_id:

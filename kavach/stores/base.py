@@ -84,9 +84,12 @@ class Store(Protocol):
         email: str | None = None,
         name: str | None = None,
         password_hash: str | None = None,
+        if_password_hash: str | None = None,
     ) -> UserRecord:
-        """Change the given fields (``None`` = leave as is). Raises ``UserNotFoundError``,
-        ``EmailTakenError``."""
+        """Change the given fields (``None`` = leave as is). With ``if_password_hash``,
+        change nothing unless the stored hash is that one (a re-hash at sign-in must not
+        overwrite a password changed meanwhile); the stored user is returned either way.
+        Raises ``UserNotFoundError``, ``EmailTakenError``."""
         ...
 
     def link_polar_customer(self, user_id: str, customer_id: str) -> UserRecord:

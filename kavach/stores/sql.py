@@ -1054,6 +1054,7 @@ class SqlStore:
         email: str | None = None,
         name: str | None = None,
         password_hash: str | None = None,
+        if_password_hash: str | None = None,
     ) -> UserRecord:
         """Change the given fields; see :meth:`kavach.stores.base.Store.update_user`."""
         try:
@@ -1062,6 +1063,8 @@ class SqlStore:
                 if row is None:
                     raise UserNotFoundError(user_id)
                 user = self._users.decode(row)
+                if if_password_hash is not None and user.password_hash != if_password_hash:
+                    return user  # changed meanwhile: leave it (see the protocol)
                 updated = attrs.evolve(
                     user,
                     email=user.email if email is None else email,

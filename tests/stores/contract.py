@@ -146,6 +146,21 @@ class StoreContract:
         assert updated == user("u1", name="New")
         assert store.get_user("u1") == updated
 
+    def test_update_user_if_password_hash_writes_only_over_that_hash(self, store: Store) -> None:
+        # A re-hash at sign-in races a password change: the change must win.
+        store.create_user(user("u1", password_hash="$argon2id$old"))
+        store.update_user("u1", password_hash="$argon2id$changed")
+        kept = store.update_user(
+            "u1", password_hash="$argon2id$rehashed", if_password_hash="$argon2id$old"
+        )
+        assert kept.password_hash == "$argon2id$changed"
+        stored = store.get_user("u1")
+        assert stored is not None and stored.password_hash == "$argon2id$changed"
+        done = store.update_user(
+            "u1", password_hash="$argon2id$rehashed", if_password_hash="$argon2id$changed"
+        )
+        assert done.password_hash == "$argon2id$rehashed"
+
     def test_update_user_email_moves_the_lookup(self, store: Store) -> None:
         store.create_user(user("u1", email="old@example.com"))
         store.update_user("u1", email="New@Example.com")
