@@ -109,7 +109,11 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "email": {"type": "string", "format": "email", "maxLength": 254},
             "password": {"type": "string", "minLength": 8, "maxLength": 1024},
-            "name": {"type": ["string", "null"], "maxLength": 200},
+            "name": {
+                "type": ["string", "null"],
+                "maxLength": 200,
+                "pattern": "^[^\\u0000]*$",  # no NUL (PostgreSQL cannot store it)
+            },
         },
     },
     "CheckoutRequest": {
