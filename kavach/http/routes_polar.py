@@ -95,6 +95,13 @@ def checkout(ctx: HttpContext, request: Request) -> Response:
     return Response.json(200, {"url": result.url, "id": result.id})
 
 
+def _callback_failed(exc: WebhookCallbackError) -> HttpError:
+    """500 for the app's ``on_subscription_change`` raising (logged with its traceback):
+    the change is committed and the callback owed, whatever route applied it."""
+    logger.error("subscription callback failed: %s", exc, exc_info=exc.cause)
+    return HttpError(500, "callback_failed", "the subscription callback failed")
+
+
 def _validation_summary(exc: PolarValidationError) -> str:
     """The first of Polar's 422 problems, as ``msg`` (never the input it echoes)."""
     detail = exc.detail
@@ -202,8 +209,7 @@ def _change_subscription(ctx: HttpContext, request: Request, *, cancel: bool) ->
             409, "subscription_locked", "the subscription has a pending update; try again later"
         ) from None
     except WebhookCallbackError as exc:
-        logger.error("subscription callback failed: %s", exc, exc_info=exc.cause)
-        raise HttpError(500, "callback_failed", "the subscription callback failed") from None
+        raise _callback_failed(exc) from None
     except PolarError as exc:
         logger.warning("polar subscription update failed: %r", exc)
         raise HttpError(502, "polar_error", polar_failure_message(exc)) from None
@@ -233,8 +239,7 @@ def checkout_status(ctx: HttpContext, request: Request, checkout_id: str) -> Res
     except NotFoundError:
         raise HttpError(404, "not_found", "no such checkout") from None
     except WebhookCallbackError as exc:
-        logger.error("subscription callback failed: %s", exc, exc_info=exc.cause)
-        raise HttpError(500, "callback_failed", "the subscription callback failed") from None
+        raise _callback_failed(exc) from None
     except PolarError as exc:
         logger.warning("polar checkout lookup failed: %r", exc)
         raise HttpError(502, "polar_error", polar_failure_message(exc)) from None
@@ -264,8 +269,7 @@ def webhook(ctx: HttpContext, request: Request) -> Response:
             400, exc.reason, "the webhook payload is not a Polar event envelope"
         ) from None
     except WebhookCallbackError as exc:
-        logger.error("webhook callback failed: %s", exc, exc_info=exc.cause)
-        raise HttpError(500, "callback_failed", "the subscription callback failed") from None
+        raise _callback_failed(exc) from None
     except WebhookInProgressError as exc:
         raise HttpError(
             503,

@@ -26,6 +26,16 @@ def clock() -> FrozenClock:
 
 
 @pytest.fixture
+def kavach() -> Iterator[Kavach]:
+    """A Kavach on the memory store with the Polar test double, for the server tests
+    that start their own server (a module may define its own)."""
+    with create_kavach(
+        "memory://", plugins=[StubPolarPlugin()], password_hasher=PasswordHasher.fast()
+    ) as k:
+        yield k
+
+
+@pytest.fixture
 def polar_stub() -> StubPolarPlugin:
     return StubPolarPlugin()
 

@@ -11,20 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from http_support import PASSWORD, StubPolarPlugin
+from http_support import PASSWORD
 
-from kavach import create_kavach
 from kavach.core import Kavach
 from kavach.http import KavachHTTPServer, make_server
-from kavach.passwords import PasswordHasher
-
-
-@pytest.fixture
-def kavach() -> Iterator[Kavach]:
-    with create_kavach(
-        "memory://", plugins=[StubPolarPlugin()], password_hasher=PasswordHasher.fast()
-    ) as k:
-        yield k
 
 
 def running(server: KavachHTTPServer) -> threading.Thread:

@@ -17,25 +17,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from http_support import StubPolarPlugin
 
-from kavach import create_kavach
 from kavach.core import Kavach
 from kavach.http import KavachHTTPServer, make_server
-from kavach.passwords import PasswordHasher
 
 SESSION = "/api/kavach/auth/session"
 SIGN_IN = "/api/kavach/auth/sign-in/email"
 #: Liveness bound: a connection the server should end within ~1 s must end within this.
 BOUND = 8.0
-
-
-@pytest.fixture
-def kavach() -> Iterator[Kavach]:
-    with create_kavach(
-        "memory://", plugins=[StubPolarPlugin()], password_hasher=PasswordHasher.fast()
-    ) as k:
-        yield k
 
 
 @pytest.fixture
