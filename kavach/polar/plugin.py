@@ -917,18 +917,19 @@ class _Delivery(NamedTuple):
         claimed_until: datetime | None = None,
     ) -> InboxEvent:
         """The inbox row to ingest for this delivery."""
-        return InboxEvent(
-            webhook_id=self.webhook_id,
-            event_type=self.event_type,
-            received_at=self.received_at,
-            payload=self.payload,
-            status=status,
-            outcome=outcome,
-            processed_at=self.received_at if status == "processed" else None,
-            last_error=error,
-            user_id=user_id,
-            subscription_id=subscription_id,
-            claimed_until=claimed_until,
+        return InboxEvent(  # positional, in the record's field order: one per delivery
+            self.webhook_id,
+            self.event_type,
+            self.received_at,
+            self.payload,
+            status,
+            outcome,
+            1,  # attempts
+            self.received_at if status == "processed" else None,  # processed_at
+            error,  # last_error
+            user_id,
+            subscription_id,
+            claimed_until,
         )
 
 

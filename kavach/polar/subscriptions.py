@@ -152,34 +152,47 @@ def version_from_times(
     return version_of(when)
 
 
+#: The :class:`SubscriptionState` fields a payload gives, in the record's order: all but
+#: ``user_id`` (the second), which only matching the user decides.
+STATE_FIELDS = tuple(f.name for f in attrs.fields(SubscriptionState) if f.name != "user_id")
+
+
 class SubscriptionPayload(NamedTuple):
     """What kavach reads from one Polar ``Subscription`` object, before it knows the user.
 
-    ``state_fields`` are the keyword arguments of :class:`SubscriptionState` but
-    ``user_id`` (:meth:`state_for` adds it); the other fields are what finds the user
-    and the organization. ``error`` is set, and ``state_fields`` empty, when the object
-    lacks what a state needs (an ``id``, a ``status``, a readable time): it is raised
-    by :meth:`state_for`, once the delivery is matched and recorded.
+    ``state_values`` are the values of :class:`SubscriptionState`'s fields but ``user_id``
+    (named by :data:`STATE_FIELDS`, in that order; :meth:`state_for` adds the user); the
+    other fields are what finds the user and the organization. ``error`` is set, and
+    ``state_values`` empty, when the object lacks what a state needs (an ``id``, a
+    ``status``, a readable time): it is raised by :meth:`state_for`, once the delivery is
+    matched and recorded.
 
     Built from a parsed dict by :meth:`from_dict` (the reference reading, tolerant of
     any JSON), or from typed fields by the fast decoder in
-    :mod:`kavach.polar.decoding`, which must give the same result. (A named tuple: one
-    is made per webhook delivery, and it never leaves kavach.)
+    :mod:`kavach.polar.decoding`, which must give the same result. (A named tuple, and
+    values rather than a dict: one is made per webhook delivery, it never leaves kavach,
+    and building the state from positional values costs half what keywords do.)
     """
 
-    state_fields: dict[str, Any]
+    state_values: tuple[Any, ...]
     external_id: str | None
     metadata_user_id: str | None
     customer_ref: str | None
     organization_id: str | None
     error: str | None = None
 
+    @property
+    def state_fields(self) -> dict[str, Any]:
+        """``state_values`` by field name (for reading and debugging; not a hot path)."""
+        return dict(zip(STATE_FIELDS, self.state_values, strict=True))
+
     def state_for(self, user_id: str) -> SubscriptionState:
         """The state of this subscription held by ``user_id``; raises
         :class:`SubscriptionPayloadError` when the object lacks what a state needs."""
         if self.error is not None:
             raise SubscriptionPayloadError(self.error)
-        return SubscriptionState(user_id=user_id, **self.state_fields)
+        values = self.state_values
+        return SubscriptionState(values[0], user_id, *values[1:])
 
     @classmethod
     def from_dict(
@@ -202,13 +215,14 @@ class SubscriptionPayload(NamedTuple):
             "organization_id": organization_of(data),
         }
         try:
-            fields = _state_fields(data, fallback_time)
+            values = _state_values(data, fallback_time)
         except SubscriptionPayloadError as exc:
-            return cls({}, error=str(exc), **match)
-        return cls(fields, **match)
+            return cls((), error=str(exc), **match)
+        return cls(values, **match)
 
 
-def _state_fields(data: dict[str, Any], fallback_time: datetime | None) -> dict[str, Any]:
+def _state_values(data: dict[str, Any], fallback_time: datetime | None) -> tuple[Any, ...]:
+    """The state's values (see :data:`STATE_FIELDS`) read from a ``Subscription`` dict."""
     sub_id = data.get("id")
     status = data.get("status")
     if not isinstance(sub_id, str) or not sub_id:
@@ -223,34 +237,35 @@ def _state_fields(data: dict[str, Any], fallback_time: datetime | None) -> dict[
                                        "storable text")
     get = data.get
     created_at = parse_datetime(get("created_at"))
-    return {
-        "id": sub_id,
-        "status": status,
-        "product_id": _opt_str(get("product_id")),
-        "current_period_end": parse_datetime(get("current_period_end")),
-        "cancel_at_period_end": get("cancel_at_period_end") is True,
-        "version": version_from_times(get("modified_at"), created_at, fallback_time),
-        "customer_id": _opt_str(get("customer_id")),
-        "created_at": created_at,
-        "started_at": parse_datetime(get("started_at")),
-        "current_period_start": parse_datetime(get("current_period_start")),
-        "trial_end": parse_datetime(get("trial_end")),
-        "canceled_at": parse_datetime(get("canceled_at")),
-        "ends_at": parse_datetime(get("ends_at")),
-        "ended_at": parse_datetime(get("ended_at")),
-        "past_due_at": parse_datetime(get("past_due_at")),
-        "checkout_id": _opt_str(get("checkout_id")),
-        "amount": _opt_int(get("amount")),
-        "currency": _opt_str(get("currency")),
-        "recurring_interval": _opt_str(get("recurring_interval")),
-    }
+    return (
+        sub_id,  # id
+        status,  # status
+        _opt_str(get("product_id")),  # product_id
+        parse_datetime(get("current_period_end")),  # current_period_end
+        get("cancel_at_period_end") is True,  # cancel_at_period_end
+        version_from_times(get("modified_at"), created_at, fallback_time),  # version
+        _opt_str(get("customer_id")),  # customer_id
+        created_at,  # created_at
+        parse_datetime(get("started_at")),  # started_at
+        parse_datetime(get("current_period_start")),  # current_period_start
+        parse_datetime(get("trial_end")),  # trial_end
+        parse_datetime(get("canceled_at")),  # canceled_at
+        parse_datetime(get("ends_at")),  # ends_at
+        parse_datetime(get("ended_at")),  # ended_at
+        parse_datetime(get("past_due_at")),  # past_due_at
+        _opt_str(get("checkout_id")),  # checkout_id
+        _opt_int(get("amount")),  # amount
+        _opt_str(get("currency")),  # currency
+        _opt_str(get("recurring_interval")),  # recurring_interval
+    )
 
 
 def state_from_payload(
     data: dict[str, Any], user_id: str, *, fallback_time: datetime | None
 ) -> SubscriptionState:
     """A :class:`SubscriptionState` from a Polar ``Subscription`` JSON object."""
-    return SubscriptionState(user_id=user_id, **_state_fields(data, fallback_time))
+    values = _state_values(data, fallback_time)
+    return SubscriptionState(values[0], user_id, *values[1:])
 
 
 def organization_of(data: dict[str, Any]) -> str | None:

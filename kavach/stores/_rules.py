@@ -48,16 +48,28 @@ def mirror_values(states: list[SubscriptionState]) -> dict[str, Any]:
     }
 
 
-#: The other ``kavach_users`` fields (what :func:`with_mirror` copies over).
-_OWN_USER_FIELDS = tuple(f.name for f in attrs.fields(UserRecord) if f.name not in MIRROR_FIELDS)
-
-
 def with_mirror(user: UserRecord, states: list[SubscriptionState]) -> UserRecord:
     """``user`` with its mirror columns recomputed from ``states``."""
-    values = mirror_values(states)  # a webhook hot path: cheaper than attrs.evolve
-    for name in _OWN_USER_FIELDS:
-        values[name] = getattr(user, name)
-    return UserRecord(**values)
+    best = most_relevant(states)
+    # A webhook hot path: positional, in UserRecord's field order (a third of what
+    # attrs.evolve costs, half of keywords).
+    if best is None:
+        return UserRecord(user.id, user.email, user.name, user.password_hash,
+                          user.created_at, user.polar_customer_id)
+    return UserRecord(
+        user.id,
+        user.email,
+        user.name,
+        user.password_hash,
+        user.created_at,
+        user.polar_customer_id,
+        best.id,  # polar_subscription_id
+        best.status,  # polar_subscription_status
+        best.product_id,  # polar_product_id
+        best.current_period_end,  # polar_current_period_end
+        best.cancel_at_period_end,  # polar_cancel_at_period_end
+        best.version,  # polar_subscription_version
+    )
 
 
 def links_customer(linked: str | None, customer_id: str | None) -> bool:

@@ -184,14 +184,14 @@ class Tables:
         if state is not None and state.user_id not in self.users:
             raise UserNotFoundError(state.user_id)
         stored = self.events.get(event.webhook_id)
-        if stored is not None and stored.status == "processed":
-            return None, IngestResult(stored, created=False, applied=None, duplicate=True)
-        if _rules.in_flight(stored, event.received_at):
-            assert stored is not None
-            return None, IngestResult(stored, created=False, applied=None, in_flight=True)
+        if stored is not None:  # a redelivery: a duplicate, in flight, or a retry
+            if stored.status == "processed":
+                return None, IngestResult(stored, created=False, applied=None, duplicate=True)
+            if _rules.in_flight(stored, event.received_at):
+                return None, IngestResult(stored, created=False, applied=None, in_flight=True)
         applied: bool | None = None
         users = None
-        if state is not None and _rules.ingest_applies(stored):
+        if state is not None and (stored is None or _rules.ingest_applies(stored)):
             users = self._mirrors_after(state)
             applied = users is not None
         row = _rules.ingested(event, stored, state, applied)
@@ -257,8 +257,13 @@ class Tables:
         current = self.subscriptions.get(state.id)
         if current is not None and current.version >= state.version:
             return None
-        others = [s for s in self.subscriptions_of(state.user_id) if s.id != state.id]
-        mirrored = _rules.with_mirror(holder, [*others, state])
+        held = self.subscription_ids_by_user.get(state.user_id, ())
+        if len(held) == 1 and state.id in held:  # the usual case: only this one
+            states = [state]
+        else:
+            states = [self.subscriptions[i] for i in held if i != state.id]
+            states.append(state)
+        mirrored = _rules.with_mirror(holder, states)
         if self._links(holder, state.customer_id):
             mirrored = attrs.evolve(mirrored, polar_customer_id=state.customer_id)
         if current is None or current.user_id == state.user_id:

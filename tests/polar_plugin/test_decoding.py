@@ -12,6 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -262,3 +263,31 @@ def test_realistic_payloads_with_generated_fields_read_the_same(fields: dict[str
     read = fast(body)
     if read is not None:
         assert tuple(read) == generic_reading(body)
+
+
+def test_each_state_field_is_read_into_its_own_name_on_both_readers() -> None:
+    # The readers build the state from positional values (STATE_FIELDS order): every
+    # field gets a value of its own here, so a value in the wrong place shows.
+    times = ("created_at", "started_at", "current_period_start", "current_period_end",
+             "trial_end", "canceled_at", "ends_at", "ended_at", "past_due_at")
+    when = {name: datetime(2026, 1 + i, 1 + i, i, i, i, tzinfo=UTC)
+            for i, name in enumerate(times)}
+    data = realistic(
+        **{name: value.isoformat().replace("+00:00", "Z") for name, value in when.items()},
+        id="sub-x", status="past_due", product_id="prod-x", customer_id="cust-x",
+        checkout_id="co-x", amount=4321, currency="eur", recurring_interval="year",
+        cancel_at_period_end=True,
+    )
+    expected = {
+        "id": "sub-x", "user_id": "user-9", "status": "past_due", "product_id": "prod-x",
+        "cancel_at_period_end": True, "version": decoding.version_of(MODIFIED),
+        "customer_id": "cust-x", "checkout_id": "co-x", "amount": 4321, "currency": "eur",
+        "recurring_interval": "year", **when,
+    }
+    body = envelope("subscription.updated", data, MODIFIED)
+    read, generic = fast(body), generic_reading(body)
+    assert read is not None and generic is not None
+    for payload in (read.subscription, generic[1]):
+        state = attrs.asdict(payload.state_for("user-9"), recurse=False)
+        assert state == expected
+        assert payload.state_fields == {k: v for k, v in expected.items() if k != "user_id"}
