@@ -20,6 +20,7 @@ from standardwebhooks import Webhook
 
 from kavach.clock import FrozenClock
 from kavach.errors import ConfigurationError, WebhookVerificationError
+from kavach.polar import webhooks
 from kavach.polar.webhooks import Derivation, WebhookVerifier, sign_webhook
 
 NOW = datetime(2026, 8, 22, 10, 17, 42, tzinfo=UTC)
@@ -86,6 +87,19 @@ def test_delivery_signed_with_the_standard_key_is_accepted(secret: str) -> None:
 @pytest.mark.parametrize("secret", ALL_SECRETS)
 def test_delivery_signed_with_the_legacy_key_is_accepted(secret: str) -> None:
     assert verifier(secret).verify(BODY, polar_headers(secret, "legacy")) == "legacy"
+
+
+@pytest.mark.parametrize("derivation", ["standard", "legacy"])
+def test_verdicts_are_the_same_through_the_stdlib_hmac_wrapper(
+    derivation: Derivation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # kavach keys OpenSSL's HMAC object directly when CPython has it; without it, the
+    # stdlib hmac wrapper must give the same verdicts.
+    monkeypatch.setattr(webhooks, "_openssl_hmac_new", None)
+    check = verifier(WHSEC_POLAR)
+    assert check.verify(BODY, polar_headers(WHSEC_POLAR, derivation)) == derivation
+    with pytest.raises(WebhookVerificationError, match="no webhook signature matches"):
+        check.verify(BODY + b" ", polar_headers(WHSEC_POLAR, derivation))
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,12 @@ from kavach.errors import ConfigurationError, WebhookVerificationError
 
 Derivation = Literal["standard", "legacy"]
 
+_openssl_hmac_new: Callable[..., Any] | None
+try:  # CPython's OpenSSL binding, behind hmac.new (see _keyed_hmac)
+    from _hashlib import hmac_new as _openssl_hmac_new
+except ImportError:  # pragma: no cover - a Python built without OpenSSL
+    _openssl_hmac_new = None
+
 _fast_loads: Callable[[bytes], Any] | None
 try:  # the optional accelerator (extra "fast"): same results, ~2.5x faster on Polar bodies
     from orjson import loads as _fast_loads
@@ -68,6 +74,21 @@ def secret_keys(secret: str) -> list[tuple[Derivation, bytes]]:
     return keys
 
 
+def _keyed_hmac(key: bytes) -> Any:
+    """An HMAC-SHA256 object keyed with ``key``, to ``copy()`` per delivery.
+
+    OpenSSL's own object when CPython has it (what ``hmac.new`` wraps): its ``copy``,
+    ``update`` and ``digest`` are C calls, ~0.3 µs a delivery less than through the
+    pure-Python wrapper. The same bytes either way.
+    """
+    if _openssl_hmac_new is not None:
+        try:
+            return _openssl_hmac_new(key, digestmod="sha256")
+        except (TypeError, ValueError):  # pragma: no cover - an OpenSSL without SHA-256
+            pass
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
 def _get_header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
     if value is not None:
@@ -102,9 +123,7 @@ class WebhookVerifier:
             raise ConfigurationError("tolerance must be >= 0 seconds", field="tolerance")
         self.tolerance = tolerance
         self.clock = clock
-        self._hmacs = [
-            (name, hmac.new(key, digestmod=hashlib.sha256)) for name, key in secret_keys(secret)
-        ]
+        self._hmacs = [(name, _keyed_hmac(key)) for name, key in secret_keys(secret)]
         self._last_good = 0
 
     def __repr__(self) -> str:

@@ -199,7 +199,7 @@ class Tables:
             change = Change(events=(row,))
         else:
             change = Change(users=users, subscriptions=(state,), events=(row,))
-        return change, IngestResult(row, created=stored is None, applied=applied)
+        return change, IngestResult(row, stored is None, applied)  # event, created, applied
 
     def plan_finish_event(
         self,
@@ -336,7 +336,11 @@ class Tables:
         if previous is not None and previous.user_id != state.user_id:
             self.subscription_ids_by_user[previous.user_id].discard(state.id)
         self.subscriptions[state.id] = state
-        self.subscription_ids_by_user.setdefault(state.user_id, set()).add(state.id)
+        held = self.subscription_ids_by_user.get(state.user_id)
+        if held is None:
+            self.subscription_ids_by_user[state.user_id] = {state.id}
+        else:
+            held.add(state.id)
 
 
 def _keeps_key(user: UserRecord, holder: UserRecord | None) -> bool:

@@ -25,6 +25,7 @@ class MemoryStore(TableStore):
         self._lock = threading.RLock()
         self._tables = Tables()
         self._closed = False
+        self._held = _Held(self)  # stateless: one serves every call, in every thread
 
     def __repr__(self) -> str:
         with self._lock:
@@ -43,7 +44,7 @@ class MemoryStore(TableStore):
     # -- TableStore hooks ---------------------------------------------------------------
     def _locked(self, *, writing: bool) -> _Held:
         """Hold the lock (readers and writers alike) and give the open tables."""
-        return _Held(self)
+        return self._held
 
     def _commit(self, change: Change) -> None:
         """Nothing to make durable: apply the change."""
