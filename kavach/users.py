@@ -11,7 +11,7 @@ from kavach.clock import Clock
 from kavach.errors import InvalidCredentialsError, InvalidInputError
 from kavach.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, PasswordHasher
 from kavach.records import UserRecord
-from kavach.stores.base import Store, normalize_email
+from kavach.stores.base import Store, encodable_text, normalize_email
 
 MAX_EMAIL_LENGTH = 254
 MAX_NAME_LENGTH = 200
@@ -41,11 +41,11 @@ def _has_lone_surrogate(text: str) -> bool:
 
 
 def _could_be_stored(email: object) -> bool:
-    """Whether a looked-up email could be a stored one: text without NUL (which
-    :func:`validate_email` never lets in, and PostgreSQL refuses even in a query) or
-    lone surrogates. Any other is answered as unknown without asking the store, so every
-    store answers alike."""
-    return isinstance(email, str) and "\x00" not in email and not _has_lone_surrogate(email)
+    """Whether a looked-up email could be a stored one: text every store can hold
+    (:func:`~kavach.stores.base.encodable_text`: no NUL, which :func:`validate_email`
+    never lets in, no lone surrogate). Any other is answered as unknown without asking
+    the store, so every store answers alike."""
+    return isinstance(email, str) and encodable_text(email)
 
 
 def validate_email(email: object) -> str:
@@ -61,7 +61,7 @@ def validate_email(email: object) -> str:
         or "." not in domain.strip(".")
         or len(value) > MAX_EMAIL_LENGTH
         or any(c.isspace() or ord(c) < 32 for c in value)
-        or _has_lone_surrogate(value)
+        or not encodable_text(value)
         # Its key too: case folding can lengthen it ("ß" -> "ss"), past what stores keep.
         or len(normalize_email(value)) > MAX_EMAIL_LENGTH
     ):
@@ -92,7 +92,7 @@ def validate_name(name: object) -> str | None:
     if not isinstance(name, str):
         raise InvalidInputError("name must be a string", field="name")
     value = name.strip()
-    if _has_lone_surrogate(value) or "\x00" in value:  # PostgreSQL cannot store NUL
+    if not encodable_text(value):  # a lone surrogate, or NUL (PostgreSQL cannot store it)
         raise InvalidInputError("name is not valid Unicode text", field="name")
     if len(value) > MAX_NAME_LENGTH:
         raise InvalidInputError(

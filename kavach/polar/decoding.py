@@ -22,12 +22,12 @@ import re
 from typing import Annotated, Any, NamedTuple
 
 from kavach.polar.subscriptions import (
-    MAX_TEXT_LENGTH,
     USER_ID_METADATA_KEY,
     SubscriptionPayload,
     parse_datetime,
     version_of,
 )
+from kavach.stores.base import MAX_TEXT_LENGTH
 
 try:  # the optional accelerator (extra "fast")
     import msgspec

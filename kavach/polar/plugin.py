@@ -48,7 +48,6 @@ from kavach.polar.subscriptions import (
     organization_of,
     parse_datetime,
     state_from_payload,
-    storable_text,
 )
 from kavach.polar.webhooks import DEFAULT_TOLERANCE_SECONDS, WebhookVerifier, parse_json
 from kavach.records import (
@@ -58,6 +57,7 @@ from kavach.records import (
     UserRecord,
     most_relevant,
 )
+from kavach.stores.base import storable_text
 
 if TYPE_CHECKING:
     from kavach.clock import Clock

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import attrs
 
 from kavach.records import ACTIVE_STATUSES, REVOKED_STATUSES, SubscriptionState
+from kavach.stores.base import MAX_TEXT_LENGTH, storable_text
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: The checkout metadata key that carries the kavach user id back in subscriptions.
@@ -108,26 +109,8 @@ def version_of(when: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-#: The longest text a store keeps in an id or name column (the SQL stores' VARCHAR(255)).
-MAX_TEXT_LENGTH = 255
 #: The integers every store keeps (PostgreSQL and MySQL BIGINT, SQLite INTEGER).
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-
-
-def storable_text(value: str) -> bool:
-    """Whether every store keeps ``value`` as it is: at most :data:`MAX_TEXT_LENGTH`
-    characters, no NUL (PostgreSQL refuses it) and valid UTF-8 (no lone surrogate, which
-    a JSON ``\\ud800`` escape can make). A value that fails is never given to a store: the
-    stores would refuse it differently (or not at all), and a retry could not help."""
-    if len(value) > MAX_TEXT_LENGTH or "\x00" in value:
-        return False
-    if value.isascii():
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _opt_str(value: Any) -> str | None:

@@ -42,6 +42,32 @@ def normalize_email(email: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
+#: The longest text a store keeps in an id or name column (the SQL stores' VARCHAR(255)).
+MAX_TEXT_LENGTH = 255
+
+
+def encodable_text(value: str) -> bool:
+    """Whether every store can hold ``value`` at all: no NUL (PostgreSQL refuses it,
+    even in a query) and valid UTF-8 (no lone surrogate, which a JSON ``\\ud800``
+    escape can make). Text that fails is never given to a store: the stores would
+    refuse it differently (or not at all), and a retry could not help."""
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def storable_text(value: str) -> bool:
+    """Whether every store keeps ``value`` as it is in an id or name column:
+    :func:`encodable_text`, at most :data:`MAX_TEXT_LENGTH` characters."""
+    return len(value) <= MAX_TEXT_LENGTH and encodable_text(value)
+
+
 @runtime_checkable
 class Store(Protocol):
     """Persistence for users, sessions, Polar subscription state and the webhook inbox.

@@ -28,7 +28,7 @@ from kavach import (
 )
 from kavach.auth import polar
 from kavach.polar import decoding
-from kavach.polar.subscriptions import MAX_TEXT_LENGTH, storable_text
+from kavach.stores.base import MAX_TEXT_LENGTH, storable_text
 from tests.polar_plugin.conftest import SECRET, START, CallbackRecorder, PolarHarness, store_url
 from tests.polar_plugin.payloads import new_id, subscription
 from tests.stores.conftest import SqlServer, mysql_server, postgres_server  # noqa: F401
