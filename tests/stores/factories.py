@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kavach.records import ACTIVE_STATUSES, InboxEvent, SessionRecord, SubscriptionState, UserRecord
+from kavach.stores.base import Store
 
 #: A fixed instant with microseconds, so round trips are checked to the microsecond.
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -72,3 +73,22 @@ def rank_before_schema_4(s: SubscriptionState) -> tuple[int, float, int]:
     group = 0 if s.status in ACTIVE_STATUSES else 2
     created = s.created_at.timestamp() if s.created_at else 0.0
     return (group, -created, -s.version)
+
+
+def write_by_the_schema_3_relevance_rule(store: Store) -> None:
+    """Write user ``u1`` holding a renewing subscription (``renews``) and a newer one
+    that ends at the period's end (``ends``), as schema 3's relevance rule did: it
+    mirrored ``ends`` (schema 4 mirrors ``renews``)."""
+    import pytest
+
+    from kavach import records
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(records, "subscription_rank", rank_before_schema_4)
+        store.create_user(user("u1"))
+        store.apply_subscription(state("renews", created_at=T0))
+        store.apply_subscription(
+            state("ends", created_at=T0 + timedelta(days=5), cancel_at_period_end=True)
+        )
+    mirrored = store.get_user("u1")
+    assert mirrored is not None and mirrored.polar_subscription_id == "ends"

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kavach import records
 from kavach.stores import _tables
 from kavach.stores.jsonfile import JsonFileStore
 
-from .factories import T0, rank_before_schema_4, state, user
+from .factories import T0, state, user, write_by_the_schema_3_relevance_rule
 
 
 def as_schema_3(path: Path, store: JsonFileStore) -> None:
@@ -72,18 +71,11 @@ def test_which_of_two_colliding_users_keeps_the_key_does_not_depend_on_load_orde
 
 
 def test_the_upgrade_recomputes_mirrors_by_the_new_relevance_rule(
-    path: Path, open_json: Callable[..., JsonFileStore], monkeypatch: pytest.MonkeyPatch,
+    path: Path, open_json: Callable[..., JsonFileStore]
 ) -> None:
-    with monkeypatch.context() as patch:
-        patch.setattr(records, "subscription_rank", rank_before_schema_4)
-        old = open_json()
-        old.create_user(user("u1"))
-        old.apply_subscription(state("renews", created_at=T0))
-        old.apply_subscription(state("ends", created_at=T0 + timedelta(days=5),
-                                     cancel_at_period_end=True))
-        mirrored = old.get_user("u1")
-        assert mirrored is not None and mirrored.polar_subscription_id == "ends"
-        as_schema_3(path, old)
+    old = open_json()
+    write_by_the_schema_3_relevance_rule(old)
+    as_schema_3(path, old)
     mirrored = open_json().get_user("u1")
     assert mirrored is not None and mirrored.polar_subscription_id == "renews"
 

@@ -24,7 +24,7 @@ from kavach.stores.sql import SqlStore
 from . import _workers
 from .conftest import SqlServer
 from .contract import StoreContract
-from .factories import T0, event, rank_before_schema_4, state, user
+from .factories import T0, event, state, user, write_by_the_schema_3_relevance_rule
 
 
 class SqlContract(StoreContract):
@@ -342,19 +342,9 @@ def test_the_v4_upgrade_keeps_a_key_nfkc_would_make_too_long(
 def test_the_v4_upgrade_recomputes_mirrors_by_the_new_relevance_rule(
     backend: SqliteFile | SqlServer,
 ) -> None:
-    # Schema 3 ranked an ending subscription (newer) before a renewing one (older).
-    from kavach import records
-
     old = open_at_version(backend, 3)
     try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(records, "subscription_rank", rank_before_schema_4)
-            old.create_user(user("u1"))
-            old.apply_subscription(state("renews", created_at=T0))
-            old.apply_subscription(state("ends", created_at=T0 + timedelta(days=5),
-                                         cancel_at_period_end=True))
-            mirrored = old.get_user("u1")
-            assert mirrored is not None and mirrored.polar_subscription_id == "ends"
+        write_by_the_schema_3_relevance_rule(old)
     finally:
         old.close()
     store = SqlStore.from_url(backend.url)
