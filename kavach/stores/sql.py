@@ -645,10 +645,7 @@ def _migrate_to_v4(db: Any, models: _Models) -> None:
     would change keeps its old key (it can no longer be found by email) and a warning
     names both."""
     param = db.param
-    rows = db.execute_sql(
-        f"SELECT id, email, email_normalized FROM {USERS} ORDER BY created_at, id"
-    )
-    for user_id, email, stored in rows.fetchall():
+    for user_id, email, stored in _users_oldest_first(db):
         key = normalize_email(email)
         if key == stored:
             continue
@@ -670,6 +667,33 @@ def _migrate_to_v4(db: Any, models: _Models) -> None:
         db.execute_sql(
             f"UPDATE {USERS} SET email_normalized = {param} WHERE id = {param}", (key, user_id)
         )
+
+
+#: How many users a migration reads per query (its memory stays bounded on big tables).
+_MIGRATION_BATCH = 5000
+
+
+def _users_oldest_first(db: Any) -> Iterator[tuple[str, str, str]]:
+    """Every user's ``id``, ``email`` and ``email_normalized``, by ``created_at`` then
+    ``id``, read :data:`_MIGRATION_BATCH` rows at a time (keyset paging: each page starts
+    after the last row of the one before, so rows updated meanwhile are neither skipped
+    nor read twice)."""
+    param = db.param
+    columns = f"SELECT id, email, email_normalized, created_at FROM {USERS}"
+    order = f"ORDER BY created_at, id LIMIT {_MIGRATION_BATCH}"
+    rows = db.execute_sql(f"{columns} {order}").fetchall()
+    while rows:
+        for user_id, email, stored, _ in rows:
+            yield user_id, email, stored
+        if len(rows) < _MIGRATION_BATCH:
+            return
+        _, _, _, last_created = rows[-1]
+        last_id = rows[-1][0]
+        rows = db.execute_sql(
+            f"{columns} WHERE created_at > {param} OR (created_at = {param} AND id > {param}) "
+            f"{order}",
+            (last_created, last_created, last_id),
+        ).fetchall()
 
 
 #: Schema migrations, in order: (version it brings the schema to, step). Each step is

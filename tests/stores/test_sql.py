@@ -318,6 +318,31 @@ def test_a_version_3_database_gets_the_nfkc_email_keys(
         store.close()
 
 
+def test_the_v4_upgrade_reads_users_page_by_page_and_misses_none(
+    backend: SqliteFile | SqlServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pages of two users; created_at ties across page boundaries (keyset paging on
+    # created_at, then id). Every fullwidth address gets its NFKC key.
+    old = open_at_version(backend, 3)
+    ids = ["u5", "u1", "u4", "u2", "u3", "u6", "u7"]
+    try:
+        with pytest.MonkeyPatch.context() as patch:  # the keys schema 3 wrote
+            patch.setattr(sql_module, "normalize_email", lambda e: e.strip().casefold())
+            for i, user_id in enumerate(ids):
+                old.create_user(user(user_id, email=f"\uff41nn{user_id}@acme.io",
+                                     created_at=T0 + timedelta(seconds=i // 3)))
+    finally:
+        old.close()
+    monkeypatch.setattr(sql_module, "_MIGRATION_BATCH", 2)
+    store = SqlStore.from_url(backend.url)
+    try:
+        for user_id in ids:
+            found = store.get_user_by_email(f"ANN{user_id}@acme.io")
+            assert found is not None and found.id == user_id
+    finally:
+        store.close()
+
+
 def test_the_v4_upgrade_keeps_a_key_nfkc_would_make_too_long(
     backend: SqliteFile | SqlServer, caplog: pytest.LogCaptureFixture
 ) -> None:
