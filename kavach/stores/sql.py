@@ -669,6 +669,17 @@ def _migrate_to_v4(db: Any, models: _Models) -> None:
         )
 
 
+def _lookup_key(email: str) -> str:
+    """The ``email_normalized`` to look ``email`` up by: :func:`normalize_email`, unless
+    that is longer than the column. No address made since schema 4 has such a key
+    (``validate_email`` refuses it); a user from before it kept the key schema 3 gave
+    (case folding alone: see :func:`_migrate_to_v4`), and is found by that one."""
+    key = normalize_email(email)
+    if len(key) > _EMAIL_KEY_LENGTH:
+        return email.strip().casefold()
+    return key
+
+
 #: How many users a migration reads per query (its memory stays bounded on big tables).
 _MIGRATION_BATCH = 5000
 
@@ -1061,7 +1072,7 @@ class SqlStore:
     @_guarded
     def get_user_by_email(self, email: str) -> UserRecord | None:
         """Case-insensitive lookup by email."""
-        row = self._one(self._sql.select_user_by_email, (normalize_email(email),))
+        row = self._one(self._sql.select_user_by_email, (_lookup_key(email),))
         return None if row is None else self._users.decode(row)
 
     @_guarded

@@ -360,6 +360,8 @@ def test_the_v4_upgrade_keeps_a_key_nfkc_would_make_too_long(
     try:
         assert store.schema_version() == 4
         assert "u1" in caplog.text and "keeps its old key" in caplog.text
+        found = store.get_user_by_email(email.upper())  # found by the key it kept
+        assert found is not None and found.id == "u1"
     finally:
         store.close()
 
