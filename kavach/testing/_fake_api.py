@@ -1,8 +1,11 @@
 """The fake Polar's ``/v1`` routes (private).
 
 Paths, status codes and bodies follow Polar's server: collections carry a trailing slash
-(the slash-less form answers 307, as Starlette's ``redirect_slashes`` does), an unknown
-path is ``404 {"detail": "Not Found"}``, a known path with another method ``405``.
+(a path that only differs by its trailing slash answers 307 to the other form, query kept,
+as Starlette's ``redirect_slashes`` does), an unknown path is ``404 {"detail": "Not
+Found"}``, a known path with another method ``405``. Handlers do not deliver the events
+they cause: they return them on the :class:`Response`, for the caller to send once the
+response is written (an API request) or before returning (a ``FakePolar`` helper).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
@@ -43,6 +47,11 @@ SUBSCRIPTION_STATUSES = (
 )
 CHECKOUT_STATUSES = ("open", "expired", "confirmed", "succeeded", "failed")
 TRIAL_INTERVALS = ("day", "week", "month", "year")
+#: Polar's ``TrialConfigurationInputMixin`` (server/polar/kit/trial.py): ``ge=1, le=1000``.
+MAX_TRIAL_INTERVAL_COUNT = 1000
+MAX_SEATS = 10000
+SEAT_FIELDS = ("seats", "min_seats", "max_seats")
+UNIT_FIELDS = ("units", "min_units", "max_units")
 _CANCEL_KEYS = ("cancel_at_period_end", "customer_cancellation_reason",
                 "customer_cancellation_comment")
 _REVOKE_KEYS = ("revoke", "customer_cancellation_reason", "customer_cancellation_comment")
@@ -55,28 +64,35 @@ _UNSUPPORTED_UPDATE_KEYS = frozenset({
 
 @frozen
 class Request:
-    """A parsed HTTP request; header names are lower-case."""
+    """A parsed HTTP request; header names are lower-case; ``query_string`` is the raw query."""
 
     method: str
     path: str
     query: dict[str, list[str]]
     headers: Mapping[str, str]
     body: bytes
+    query_string: str = ""
 
 
 @frozen
 class Response:
-    """An HTTP response to write."""
+    """An HTTP response to write, and the webhook ``events`` the request caused."""
 
     status: int
     body: bytes = b""
     content_type: str | None = "application/json"
     headers: dict[str, str] = field(factory=dict)
+    events: tuple[Event, ...] = ()
 
 
-def json_response(status: int, obj: Any, headers: dict[str, str] | None = None) -> Response:
-    """A compact JSON response."""
-    return Response(status, dumps(obj), headers=headers or {})
+def json_response(
+    status: int,
+    obj: Any,
+    headers: dict[str, str] | None = None,
+    events: Sequence[Event] = (),
+) -> Response:
+    """A compact JSON response (with the webhook ``events`` the request caused)."""
+    return Response(status, dumps(obj), headers=headers or {}, events=tuple(events))
 
 
 def error_response(error: ApiError) -> Response:
@@ -96,27 +112,27 @@ def paginate(items: list[JSON], page: int, limit: int) -> JSON:
 
 
 def _sort(items: list[JSON], criteria: list[tuple[str, bool]]) -> list[JSON]:
+    """Sort by each ``(field, descending)`` criterion; ``None`` values go last either way."""
     for name, descending in reversed(criteria):
-        items.sort(key=lambda item: (item.get(name) is None, item.get(name) or ""),
-                   reverse=descending)
+        items.sort(key=partial(_sort_key, name, descending), reverse=descending)
     return items
+
+
+def _sort_key(name: str, descending: bool, item: JSON) -> tuple[bool, Any]:
+    value = item.get(name)
+    # ``reverse=True`` flips the flag too, so a missing value is last in both directions;
+    # two ``None``s compare equal on the flag, so ``None`` is never ordered against a value.
+    return (value is None) != descending, value
 
 
 Handler = Callable[[Request, dict[str, str]], Response]
 
 
 class Api:
-    """Routes ``/v1`` requests to the state; ``dispatch`` delivers the resulting events."""
+    """Routes ``/v1`` requests to the state; responses carry the events to deliver."""
 
-    def __init__(
-        self,
-        state: FakeState,
-        dispatch: Callable[[Sequence[Event]], None],
-        *,
-        check_email_domains: bool = True,
-    ) -> None:
+    def __init__(self, state: FakeState, *, check_email_domains: bool = True) -> None:
         self.state = state
-        self.dispatch = dispatch
         self.check_email_domains = check_email_domains
         routes: list[tuple[str, str, Handler]] = [
             ("POST", "/v1/checkouts/", self.create_checkout),
@@ -168,16 +184,22 @@ class Api:
         if allowed:
             return json_response(405, {"detail": "Method Not Allowed"},
                                  {"allow": ", ".join(sorted(set(allowed)))})
-        if not request.path.endswith("/") and any(
-            p.match(request.path + "/") for _, p, _ in self._routes
-        ):
-            return Response(307, b"", None, {"location": request.path + "/"})
-        return json_response(404, {"detail": "Not Found"})
+        return self._slash_redirect(request) or json_response(404, {"detail": "Not Found"})
+
+    def _slash_redirect(self, request: Request) -> Response | None:
+        """Starlette's ``redirect_slashes``: a 307 to the path with its trailing slash added
+        (or removed) when that form is a route; the query string is kept."""
+        path = request.path
+        other = path.rstrip("/") if path.endswith("/") else path + "/"
+        if not other or not any(p.match(other) for _, p, _ in self._routes):
+            return None
+        location = f"{other}?{request.query_string}" if request.query_string else other
+        return Response(307, b"", None, {"location": location})
 
     def _json_object(self, request: Request) -> JSON:
         try:
             body = json.loads(request.body or b"null")
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise validation_error(
                 [entry("json_invalid", ["body", 0], "JSON decode error", {},
                        {"error": str(exc)})]
@@ -247,9 +269,11 @@ class Api:
             "require_billing_address": reader.boolean("require_billing_address", False),
             "allow_trial": reader.boolean("allow_trial", True),
             "trial_interval": reader.choice("trial_interval", TRIAL_INTERVALS),
-            "trial_interval_count": reader.integer("trial_interval_count", minimum=1),
+            "trial_interval_count": reader.integer("trial_interval_count", minimum=1,
+                                                   maximum=MAX_TRIAL_INTERVAL_COUNT),
             "currency": reader.string("currency"),
             "locale": reader.string("locale"),
+            "quantities": _quantities(reader),
         }
         discount_id = reader.uuid("discount_id")
         if reader.errors:
@@ -257,8 +281,7 @@ class Api:
         if discount_id is not None:
             raise value_error(["body", "discount_id"], "Discount does not exist.", discount_id)
         data, events = self.state.create_checkout(fields)
-        self.dispatch(events)
-        return json_response(201, data)
+        return json_response(201, data, events=events)
 
     def get_checkout(self, _request: Request, params: dict[str, str]) -> Response:
         """``GET /v1/checkouts/{id}``."""
@@ -369,14 +392,12 @@ class Api:
             data, events = self.state.cancel(sub_id, reason=reason, comment=comment)
         else:
             data, events = self.state.uncancel(sub_id)
-        self.dispatch(events)
-        return json_response(200, data)
+        return json_response(200, data, events=events)
 
     def revoke_subscription(self, _request: Request, params: dict[str, str]) -> Response:
         """``DELETE /v1/subscriptions/{id}``: revoke now, answer the canceled Subscription."""
         data, events = self.state.revoke(self._path_uuid(params))
-        self.dispatch(events)
-        return json_response(200, data)
+        return json_response(200, data, events=events)
 
     # --- customers --------------------------------------------------------------------
 
@@ -431,8 +452,7 @@ class Api:
         data, events = self.state.create_customer(
             email=email, name=name, external_id=external_id, metadata=metadata
         )
-        self.dispatch(events)
-        return json_response(201, data)
+        return json_response(201, data, events=events)
 
     def update_customer(self, request: Request, params: dict[str, str]) -> Response:
         """``PATCH /v1/customers/{id}``: ``external_id`` (set once), ``name``, ``metadata``."""
@@ -447,8 +467,7 @@ class Api:
             raise validation_error(reader.errors)
         with self.state.lock:
             data, events = self.state.update_customer(self._customer(params), changes)
-        self.dispatch(events)
-        return json_response(200, data)
+        return json_response(200, data, events=events)
 
     def create_customer_session(self, request: Request, _params: dict[str, str]) -> Response:
         """``POST /v1/customer-sessions/`` by ``customer_id`` or ``external_customer_id``."""
@@ -496,6 +515,15 @@ class Api:
                 and (archived is None or p.is_archived == archived)
             ]
         return json_response(200, paginate(items, page, limit))
+
+
+def _quantities(reader: BodyReader) -> dict[str, int]:
+    """The seat and unit fields the body sets (schema-checked: seats 1..10000, units >= 1)."""
+    given: dict[str, int | None] = {
+        **{name: reader.integer(name, minimum=1, maximum=MAX_SEATS) for name in SEAT_FIELDS},
+        **{name: reader.integer(name, minimum=1) for name in UNIT_FIELDS},
+    }
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _billing_address(body: JSON, reader: BodyReader) -> JSON | None:

@@ -19,6 +19,7 @@ from kavach.testing._fake_objects import (
     SessionRecord,
     SubscriptionRecord,
     add_interval,
+    checkout_status,
     checkout_trial_end,
     customer_json,
 )
@@ -42,6 +43,7 @@ class CheckoutOps(StateCore):
             if errors:
                 raise validation_error(errors, service=True)
             product = self.products[fields["products"][0]]
+            _refuse_quantities(fields.get("quantities") or {})
             currency = fields.get("currency")
             if currency is not None and currency.lower() != product.currency:
                 raise value_error(
@@ -86,9 +88,20 @@ class CheckoutOps(StateCore):
             success_url = fields.get("success_url")
             if success_url is not None:
                 checkout.success_url = success_url.replace("{CHECKOUT_ID}", checkout.id)
+            data = self._render_new_checkout(checkout)
             self.checkouts[checkout.id] = checkout
-            data = self.render_checkout(checkout)
             return data, [self._event("checkout.created", data)]
+
+    def _render_new_checkout(self, checkout: CheckoutRecord) -> JSON:
+        """Its JSON, or a 422 when it cannot be rendered (a trial ending after year 9999):
+        such a record is never stored."""
+        try:
+            return self.render_checkout(checkout)
+        except (OverflowError, ValueError):
+            raise value_error(
+                ["body", "trial_interval_count"], "The trial would end after the year 9999.",
+                checkout.trial_interval_count,
+            ) from None
 
     def complete_checkout(
         self, checkout_id: str, *, email: str | None = None, name: str | None = None
@@ -102,11 +115,12 @@ class CheckoutOps(StateCore):
         """
         with self.lock:
             checkout = self.checkout(checkout_id)
-            if checkout.status != "open":
+            status = checkout_status(checkout, self.now())
+            if status != "open":
                 raise ApiError(
                     403,
                     {"error": "NotOpenCheckout",
-                     "detail": f"Checkout {checkout.id} is not open: {checkout.status}"},
+                     "detail": f"Checkout {checkout.id} is not open: {status}"},
                 )
             events: list[Event] = []
             customer = self._checkout_customer(checkout, email, name, events)
@@ -285,6 +299,19 @@ class CheckoutOps(StateCore):
                 if session.token == token and self.now() < session.expires_at:
                     return session, self.customers[session.customer_id]
             return None
+
+
+def _refuse_quantities(quantities: JSON) -> None:
+    """Every fake product has one fixed price: seat and unit fields get Polar's 422."""
+    errors = [
+        {"type": "value_error", "loc": ["body", name],
+         "msg": ("Seats can only be set for seat-based pricing." if "seats" in name
+                 else "Units can only be set for unit-based pricing."),
+         "input": value}
+        for name, value in quantities.items()
+    ]
+    if errors:
+        raise validation_error(errors, service=True)
 
 
 _CHECKOUT_OPTIONS = frozenset(

@@ -162,19 +162,19 @@ class StateCore:
         return next((c for c in self.customers.values() if c.email.lower() == wanted), None)
 
     def checkout(self, checkout_id: str) -> CheckoutRecord:
-        """The checkout (expired lazily when its time has passed), or a 404."""
+        """The checkout, or a 404. Reading never changes it: an open checkout past its
+        ``expires_at`` reads as expired, but only ``process_due`` records the expiry (and
+        sends ``checkout.expired``)."""
         found = self.checkouts.get(checkout_id)
         if found is None:
             raise not_found()
-        if found.status == "open" and self.now() >= found.expires_at:
-            found.status = "expired"
         return found
 
     def checkout_by_secret(self, client_secret: str) -> CheckoutRecord:
         """The checkout with this client secret, or a 404."""
         for checkout in self.checkouts.values():
             if checkout.client_secret == client_secret:
-                return self.checkout(checkout.id)
+                return checkout
         raise not_found()
 
     def render_checkout(self, checkout: CheckoutRecord) -> JSON:

@@ -268,6 +268,14 @@ def checkout_trial_end(checkout: CheckoutRecord, product: ProductRecord, now: da
     return add_interval(now, interval, count)
 
 
+def checkout_status(checkout: CheckoutRecord, now: datetime) -> str:
+    """The status a read shows: an open checkout past ``expires_at`` reads as ``expired``
+    before ``process_due`` records it (and sends ``checkout.expired``)."""
+    if checkout.status == "open" and now >= checkout.expires_at:
+        return "expired"
+    return checkout.status
+
+
 def checkout_json(
     checkout: CheckoutRecord, products: list[ProductRecord], base_url: str, now: datetime
 ) -> JSON:
@@ -286,7 +294,7 @@ def checkout_json(
         "modified_at": iso(checkout.modified_at),
         "custom_field_data": dict(opts.get("custom_field_data") or {}),
         "payment_processor": "stripe",
-        "status": checkout.status,
+        "status": checkout_status(checkout, now),
         "client_secret": checkout.client_secret,
         "url": f"{base_url}/checkout/{checkout.client_secret}",
         "expires_at": iso(checkout.expires_at),

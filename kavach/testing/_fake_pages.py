@@ -1,13 +1,14 @@
 """The fake Polar's hosted pages: checkout, confirmation and customer portal (private).
 
 Plain server-rendered HTML with one form per action, so a test (or a person running
-``kavach serve --fake-polar``) can click through the whole flow without JavaScript.
+``kavach serve --fake-polar``) can click through the whole flow without JavaScript. An
+action's webhook events ride on its response, sent once the response is written.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from html import escape
 from urllib.parse import parse_qs, quote
 
@@ -64,22 +65,15 @@ def _form_value(form: dict[str, list[str]], name: str) -> str | None:
     return (values[-1].strip() or None) if values else None
 
 
-def _redirect(location: str) -> Response:
-    return Response(303, b"", None, {"location": location})
+def _redirect(location: str, events: Sequence[Event] = ()) -> Response:
+    return Response(303, b"", None, {"location": location}, tuple(events))
 
 
 class Pages:
     """Serves ``/checkout/...`` and ``/portal`` pages; actions share the API's code paths."""
 
-    def __init__(
-        self,
-        state: FakeState,
-        complete: Callable[[str, str | None, str | None], None],
-        dispatch: Callable[[Sequence[Event]], None],
-    ) -> None:
+    def __init__(self, state: FakeState) -> None:
         self.state = state
-        self.complete = complete
-        self.dispatch = dispatch
 
     def handle(self, request: Request) -> Response | None:
         """The page for ``request``, or ``None`` when the path is not a page."""
@@ -103,7 +97,8 @@ class Pages:
             except ApiError:
                 return _message("Checkout not found", "This checkout link is not valid.", 404)
             product = self.state.products[checkout.product_id]
-            success_url = self.state.render_checkout(checkout)["success_url"]
+            rendered = self.state.render_checkout(checkout)
+            success_url, status = rendered["success_url"], rendered["status"]
         if action == "/pay":
             if request.method != "POST":
                 return _message("Method not allowed", "Use the Pay button.", 405)
@@ -111,7 +106,7 @@ class Pages:
             email = _form_value(form, "customer_email")
             name = _form_value(form, "customer_name")
             try:
-                self.complete(checkout.id, email, name)
+                _, events = self.state.complete_checkout(checkout.id, email=email, name=name)
             except ApiError as error:
                 detail = error.body.get("detail") if error.body else None
                 text = detail if isinstance(detail, str) else (
@@ -119,22 +114,27 @@ class Pages:
                     else "The payment could not be completed."
                 )
                 return _message("Payment failed", text, error.status)
-            return _redirect(success_url)
+            return _redirect(success_url, events)
         if request.method != "GET":
             return _message("Method not allowed", "This page only supports GET.", 405)
         if action == "/confirmation":
             return _message("Payment succeeded",
                             f"Thank you! Your purchase of {product.name} is complete.", 200)
-        return self._checkout_form(checkout, product, secret, success_url)
+        return self._checkout_form(checkout, status, product, secret, success_url)
 
     def _checkout_form(
-        self, checkout: CheckoutRecord, product: ProductRecord, secret: str, success_url: str
+        self,
+        checkout: CheckoutRecord,
+        status: str,
+        product: ProductRecord,
+        secret: str,
+        success_url: str,
     ) -> Response:
-        if checkout.status == "succeeded":
+        if status == "succeeded":
             return _message("Already paid", "This checkout has already been completed.", 200,
                             (success_url, "Continue"))
-        if checkout.status != "open":
-            return _message("Checkout unavailable", f"This checkout is {checkout.status}.", 410)
+        if status != "open":
+            return _message("Checkout unavailable", f"This checkout is {status}.", 410)
         price = price_text(checkout.amount, checkout.currency, product.recurring_interval,
                            product.recurring_interval_count)
         email = escape(checkout.customer_email or "")
@@ -220,5 +220,4 @@ class Pages:
         except ApiError as error:
             detail = error.body.get("detail") if error.body else None
             return _message("Not possible", str(detail or "The change failed."), error.status)
-        self.dispatch(events)
-        return _redirect(f"/portal?customer_session_token={quote(token)}")
+        return _redirect(f"/portal?customer_session_token={quote(token)}", events)

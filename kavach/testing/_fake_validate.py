@@ -123,8 +123,10 @@ class BodyReader:
                                  value))
         return default
 
-    def integer(self, name: str, *, minimum: int | None = None) -> int | None:
-        """An optional integer, at least ``minimum``."""
+    def integer(
+        self, name: str, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int | None:
+        """An optional integer within ``minimum`` and ``maximum`` (inclusive)."""
         value = self.body.get(name)
         if value is None:
             return None
@@ -137,6 +139,13 @@ class BodyReader:
                 entry("greater_than_equal", ["body", name],
                       f"Input should be greater than or equal to {minimum}", value,
                       {"ge": minimum})
+            )
+            return None
+        if maximum is not None and value > maximum:
+            self.errors.append(
+                entry("less_than_equal", ["body", name],
+                      f"Input should be less than or equal to {maximum}", value,
+                      {"le": maximum})
             )
             return None
         return value

@@ -16,15 +16,31 @@ Webhook ``webhook-timestamp`` headers use the real wall clock by default (like P
 are send times), while object and event times follow the fake clock; pass
 ``signing_clock=`` to sign with another clock, e.g. the fake's own when the receiver
 verifies against that same clock.
+
+When webhooks go out (default ``deliver="sync"``): a Python helper (``complete_checkout``,
+``advance``, ``cancel``...) returns once its events are delivered, retries included. An
+HTTP call to the fake (``POST /v1/checkouts/``, ``PATCH``/``DELETE`` a subscription, the
+hosted pay page, the portal) is answered first; its events are sent right after, from a
+worker, as Polar's are — so an app may call the fake while handling a request, even on a
+single thread. Use ``wait_for_deliveries()`` before checking what such a call's webhooks
+did. Batches go out one at a time, in the order they happened. Within one batch a failed
+message is retried after the batch's other messages (so it arrives after newer ones, as
+Polar allows), but the batch, retries included, ends before the next one starts: unlike
+Polar, a retry never lets a *later action's* events overtake it. ``deliver="background"``
+sends every message on its own schedule (retries interleave with later events); call
+``wait_for_deliveries()`` there too. In sync mode a helper waits for earlier batches to
+finish first, so do not call one from inside a webhook handler the fake is delivering to.
+``close()`` keeps undelivered messages queued.
 """
 
 from __future__ import annotations
 
-import base64
 import json
+import math
 import secrets
+import string
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -43,6 +59,9 @@ __all__ = ["DEFAULT_ORGANIZATION_ID", "DeliveryAttempt", "FakePolar", "FakePolar
 
 DEFAULT_ORGANIZATION_ID = "0e6b1f7c-3c1a-4f0e-9a3d-6b1c2d3e4f50"
 RECURRING_INTERVALS = ("day", "week", "month", "year")
+MAX_TRIAL_DAYS = 1000  # Polar's trial_interval_count bound (le=1000)
+_SECRET_ALPHABET = string.ascii_letters + string.digits
+_SECRET_LENGTH = 43
 
 
 class FakePolarError(KavachError):
@@ -58,7 +77,25 @@ class FakePolarError(KavachError):
 
 
 def _generate_secret() -> str:
-    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode("ascii")
+    """A secret shaped like Polar's current ones: ``whsec_`` + 43 alphanumerics.
+
+    The tail is also valid (unpadded) base64, so both derivations can sign with it.
+    """
+    return "whsec_" + "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(_SECRET_LENGTH))
+
+
+def _check_positive_number(value: float, name: str, *, allow_zero: bool) -> None:
+    """``ConfigurationError`` unless ``value`` is a finite real number > 0 (>= 0 if allowed)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigurationError(f"{name} must be a finite number {bound}, not {value!r}",
+                                 field=name)
 
 
 class FakePolar:
@@ -66,21 +103,24 @@ class FakePolar:
 
     Args:
         token: the only accepted bearer token; ``None`` accepts any bearer token.
-        webhook_secret: the endpoints' signing secret (default: a new ``whsec_`` secret).
+        webhook_secret: the endpoints' signing secret (default: a new one shaped like
+            Polar's, ``whsec_`` + 43 alphanumerics).
         derivation: which HMAC key signs deliveries: ``"standard"`` (base64-decoded tail)
             or ``"legacy"`` (the whole secret's bytes).
         clock: the fake's clock (default: a ``FrozenClock`` at the real now).
         organization_id: the organization every object belongs to.
         sandbox: add ``X-Polar-Sandbox: 1`` to responses.
-        deliver: ``"sync"`` (deliveries finish before the triggering call returns) or
-            ``"background"`` (a worker thread sends; use ``wait_for_deliveries``).
+        deliver: ``"sync"`` (a helper returns once its events are delivered; an HTTP
+            call's events are sent after its response) or ``"background"`` (a worker
+            sends everything on its own schedule); see the module docstring.
         host, port: where to listen (port 0: a free port).
         seed: seeds ids, tokens, reordering, duplicates and backoff jitter.
         retry_time_scale: factor applied to Polar's retry backoff (0.001: 4-8 s → 4-8 ms).
         signing_clock: clock for ``webhook-timestamp`` (default: the real wall clock).
         check_email_domains: refuse special-use and null-MX email domains (``*.test``,
             ``example.com``...) as Polar's DNS-checked email fields do.
-        max_attempts, delivery_timeout: Polar's 10 attempts and 10 s per attempt.
+        max_attempts, delivery_timeout: Polar's 10 attempts and 10 s per attempt
+            (``delivery_timeout`` in seconds, > 0).
     """
 
     def __init__(
@@ -115,9 +155,12 @@ class FakePolar:
                 "derivation 'standard' needs a whsec_ secret with a base64 tail",
                 field="derivation",
             )
-        if retry_time_scale < 0 or max_attempts < 1:
-            raise ConfigurationError("retry_time_scale must be >= 0 and max_attempts >= 1",
-                                     field="retry_time_scale")
+        _check_positive_number(retry_time_scale, "retry_time_scale", allow_zero=True)
+        _check_positive_number(delivery_timeout, "delivery_timeout", allow_zero=False)
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or (
+            max_attempts < 1
+        ):
+            raise ConfigurationError("max_attempts must be an int >= 1", field="max_attempts")
         self._secret = secret
         self._clock: Clock = clock if clock is not None else FrozenClock()
         self._address = (host, port)
@@ -132,9 +175,8 @@ class FakePolar:
             timeout=delivery_timeout,
             signing_clock=signing_clock,
         )
-        self._api = Api(self._state, self._dispatch, check_email_domains=check_email_domains)
-        pages = Pages(self._state, self._complete_from_page, self._dispatch)
-        self._gateway = Gateway(self._api, pages, token=token, sandbox=sandbox)
+        self._api = Api(self._state, check_email_domains=check_email_domains)
+        self._gateway = Gateway(self._api, Pages(self._state), token=token, sandbox=sandbox)
         self._server: FakeHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._url: str | None = None
@@ -155,7 +197,7 @@ class FakePolar:
         """Start serving (idempotent); returns ``self``."""
         if self._server is not None:
             return self
-        server = FakeHTTPServer(self._address, self._gateway)
+        server = FakeHTTPServer(self._address, self._gateway, self._deliverer.submit_later)
         host, port = server.server_address[:2]
         self._url = f"http://{host!s}:{port}"
         self._state.base_url = self._url
@@ -169,12 +211,14 @@ class FakePolar:
         return self
 
     def close(self) -> None:
-        """Stop the server and the delivery worker (idempotent); state is kept."""
+        """Stop the server, its connections (keep-alive ones too) and the delivery worker
+        (idempotent); state is kept, undelivered messages stay queued."""
         server, thread = self._server, self._thread
         self._server = self._thread = None
         if server is not None:
             server.shutdown()
             server.server_close()
+            server.close_connections()
         if thread is not None:
             thread.join(timeout=5)
         self._deliverer.stop()
@@ -235,10 +279,12 @@ class FakePolar:
         if recurring_interval is not None and recurring_interval not in RECURRING_INTERVALS:
             raise ConfigurationError(f"recurring_interval must be one of {RECURRING_INTERVALS}",
                                      field="recurring_interval")
-        if amount < 0 or recurring_interval_count < 1 or (trial_days is not None
-                                                           and trial_days < 1):
+        if amount < 0 or recurring_interval_count < 1 or (
+            trial_days is not None and not 1 <= trial_days <= MAX_TRIAL_DAYS
+        ):
             raise ConfigurationError("amount >= 0, recurring_interval_count >= 1 and "
-                                     "trial_days >= 1 are required", field="amount")
+                                     f"trial_days in 1..{MAX_TRIAL_DAYS} are required",
+                                     field="amount")
         product, events = self._state.add_product(
             name, amount=amount, currency=currency, recurring_interval=recurring_interval,
             recurring_interval_count=recurring_interval_count,
@@ -248,8 +294,14 @@ class FakePolar:
         self._dispatch(events)
         return product.id
 
-    def add_webhook_endpoint(self, url: str, events: Sequence[str] | None = None) -> str:
-        """Register a webhook endpoint (``events``: types to send, ``None``: all)."""
+    def add_webhook_endpoint(self, url: str, events: Iterable[str] | None = None) -> str:
+        """Register a webhook endpoint; returns its id.
+
+        ``url`` must be an absolute ``http://`` or ``https://`` URL; ``events`` is a list of
+        Polar event types to send (``None``: all of them). ``ConfigurationError`` (a
+        ``ValueError``) for a URL the sender cannot use, a bare string as ``events`` or an
+        unknown event type.
+        """
         return self._deliverer.add_endpoint(url, events)
 
     @property
@@ -280,6 +332,7 @@ class FakePolar:
         data: JSON = json.loads(response.body)
         if response.status != 201:
             raise FakePolarError(response.status, data)
+        self._dispatch(response.events)
         return data
 
     def complete_checkout(
@@ -295,10 +348,6 @@ class FakePolar:
         """
         return self._run(lambda: self._state.complete_checkout(checkout_id, email=email,
                                                                name=name))
-
-    def _complete_from_page(self, checkout_id: str, email: str | None, name: str | None) -> None:
-        _, events = self._state.complete_checkout(checkout_id, email=email, name=name)
-        self._dispatch(events)
 
     def customer_session_url(self, customer_id: str, return_url: str | None = None) -> str:
         """A portal URL for the customer (as ``POST /v1/customer-sessions/`` gives)."""
@@ -369,6 +418,7 @@ class FakePolar:
         return result
 
     def _dispatch(self, events: Sequence[Event]) -> None:
+        """A helper's events: delivered before the helper returns (sync mode)."""
         self._deliverer.submit(events)
 
     # --- read-only views --------------------------------------------------------------
@@ -414,7 +464,8 @@ class FakePolar:
         return self._deliverer.log
 
     def wait_for_deliveries(self, timeout: float = 10.0) -> None:
-        """Block until no delivery is queued or in flight (``TimeoutError`` otherwise)."""
+        """Block until no delivery is queued or in flight, those caused by HTTP calls to
+        the fake included (``TimeoutError`` after ``timeout`` seconds)."""
         self._deliverer.wait(timeout)
 
     def redeliver(self, webhook_id: str) -> None:
@@ -463,8 +514,7 @@ class FakePolar:
 
     @delay.setter
     def delay(self, value: float) -> None:
-        if value < 0:
-            raise ConfigurationError("delay must be >= 0", field="delay")
+        _check_positive_number(value, "delay", allow_zero=True)
         self._deliverer.delay = value
 
     @property
@@ -474,6 +524,5 @@ class FakePolar:
 
     @retry_time_scale.setter
     def retry_time_scale(self, value: float) -> None:
-        if value < 0:
-            raise ConfigurationError("retry_time_scale must be >= 0", field="retry_time_scale")
+        _check_positive_number(value, "retry_time_scale", allow_zero=True)
         self._deliverer.retry_time_scale = value

@@ -85,7 +85,8 @@ class KavachTestApp:
 
 @pytest.fixture
 def fake_polar() -> Iterator[FakePolar]:
-    """A running FakePolar (synchronous webhook delivery, random port)."""
+    """A running FakePolar (sync delivery: helpers return once their webhooks are delivered;
+    an HTTP call's webhooks follow its answer), on a random port."""
     with FakePolar() as fake:
         yield fake
 
