@@ -105,6 +105,22 @@ def test_same_plugin_twice_is_refused() -> None:
         create_kavach("memory://", plugins=[make_polar(), make_polar()])  # type: ignore[list-item]
 
 
+def test_an_unbound_polar_plugin_says_so() -> None:
+    plugin = polar(access_token="polar_oat_x", webhook_secret=SECRET)
+    with pytest.raises(ConfigurationError) as caught:
+        plugin.get_subscription("someone")
+    assert caught.value.field == "plugins"
+
+
+def test_a_polar_plugin_bound_to_one_kavach_refuses_another() -> None:
+    plugin = make_polar()
+    with create_kavach("memory://", plugins=[plugin]) as first:  # type: ignore[list-item]
+        with pytest.raises(ConfigurationError):
+            create_kavach("memory://", plugins=[plugin])  # type: ignore[list-item]
+        assert plugin.get_subscription("someone") is None  # type: ignore[attr-defined]
+        assert first.plugins.polar is plugin
+
+
 def test_non_plugin_is_refused() -> None:
     with pytest.raises(ConfigurationError):
         create_kavach("memory://", plugins=[object()])  # type: ignore[list-item]

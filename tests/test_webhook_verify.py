@@ -200,6 +200,23 @@ def test_verifier_follows_its_clock() -> None:
     assert caught.value.reason == "stale_timestamp"
 
 
+def test_a_given_now_takes_the_place_of_the_clock() -> None:
+    check = verifier()  # its clock says NOW
+    headers = polar_headers(WHSEC_POLAR, "standard")
+    assert check.verify(BODY, headers, now=NOW + timedelta(seconds=300)) == "standard"
+    with pytest.raises(WebhookVerificationError) as caught:
+        check.verify(BODY, headers, now=NOW + timedelta(seconds=301))
+    assert caught.value.reason == "stale_timestamp"
+
+
+def test_deliveries_of_both_derivations_in_any_order_are_accepted() -> None:
+    # The verifier tries the key that matched last first: the order must not matter.
+    check = verifier(WHSEC_POLAR)
+    order: list[Derivation] = ["legacy", "legacy", "standard", "legacy", "standard", "standard"]
+    for derivation in order:
+        assert check.verify(BODY, polar_headers(WHSEC_POLAR, derivation)) == derivation
+
+
 @pytest.mark.parametrize(
     "signature", ["sha256=abcdef", "v1", "v2,c2lnbmF0dXJl", "v1,!!!not-base64!!!", "  "]
 )

@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 from urllib.parse import parse_qsl, urlsplit
 
 import attrs
@@ -105,6 +105,20 @@ _POLAR_ID = re.compile(
 )
 
 SubscriptionCallback = Callable[[str, PolarSubscription], object]
+
+
+class _NotBound:
+    """The class attribute behind :class:`PolarPlugin`'s ``_store`` and ``_clock``
+    before ``bind``: reading it raises ``ConfigurationError``. A non-data descriptor
+    (no ``__set__``), so the instance attributes ``bind`` sets take precedence."""
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        raise ConfigurationError(
+            "the polar plugin is not bound: pass it to create_kavach(plugins=[...])",
+            field="plugins",
+        )
 
 
 @attrs.frozen
@@ -273,6 +287,8 @@ class PolarPlugin:
                 "this polar plugin is already bound to another Kavach", field="plugins"
             )
         self._kavach = kavach
+        self._store = kavach.store
+        self._clock = kavach.clock
         self._verifier = WebhookVerifier(
             self._secret, tolerance=self.webhook_tolerance, clock=kavach.clock
         )
@@ -281,19 +297,13 @@ class PolarPlugin:
         """Close the HTTP session kavach opened (an injected session is left open)."""
         self.client.close()
 
-    @property
-    def _store(self) -> Store:
-        if self._kavach is None:
-            raise ConfigurationError(
-                "the polar plugin is not bound: pass it to create_kavach(plugins=[...])",
-                field="plugins",
-            )
-        return self._kavach.store
-
-    @property
-    def _clock(self) -> Clock:
-        assert self._kavach is not None
-        return self._kavach.clock
+    # The store and clock ``bind`` sets, as plain instance attributes (every webhook
+    # reads them); before it, the class attribute answers, and raises.
+    if TYPE_CHECKING:
+        _store: Store
+        _clock: Clock
+    else:
+        _store = _clock = _NotBound()
 
     # -- checkout ------------------------------------------------------------------
     def create_checkout(
@@ -648,7 +658,10 @@ class PolarPlugin:
                 "body_too_large",
                 f"webhook body of {len(body)} bytes exceeds the {self.max_webhook_body} limit",
             )
-        self._verifier.verify(body, headers)
+        # One clock read per delivery: the time its timestamp is checked against, and
+        # the time the inbox records it received.
+        received_at = self._clock.now()
+        self._verifier.verify(body, headers, now=received_at)
         webhook_id = _header(headers, "webhook-id")
         if not storable_text(webhook_id):  # signed, yet no store could key the inbox by it
             raise WebhookVerificationError(
@@ -656,9 +669,12 @@ class PolarPlugin:
             )
         fast = decode_subscription_event(body, event_types=SUBSCRIPTION_EVENTS)
         if fast is not None:
-            return self._ingest(webhook_id, fast.event_type, fast.payload, fast.subscription)
+            return self._ingest(
+                webhook_id, fast.event_type, fast.payload, fast.subscription, received_at
+            )
         envelope = parse_json(body)
-        return self._process(webhook_id, envelope, body.decode("utf-8", errors="replace"))
+        payload = body.decode("utf-8", errors="replace")
+        return self._process(webhook_id, envelope, payload, received_at)
 
     def replay_event(self, webhook_id: str) -> WebhookOutcome:
         """Process a recorded delivery again, from the inbox (no signature, no API call).
@@ -688,9 +704,11 @@ class PolarPlugin:
                 delivery = _Delivery(webhook_id, stored.event_type, stored.payload,
                                      self._clock.now())
                 return self._apply_state(delivery, user, state)
-        return self._process(webhook_id, envelope, stored.payload)
+        return self._process(webhook_id, envelope, stored.payload, self._clock.now())
 
-    def _process(self, webhook_id: str, envelope: Any, payload: str) -> WebhookOutcome:
+    def _process(
+        self, webhook_id: str, envelope: Any, payload: str, received_at: datetime
+    ) -> WebhookOutcome:
         """The generic reading of a parsed envelope, then :meth:`_ingest`."""
         if not isinstance(envelope, dict):
             raise WebhookPayloadError("bad_envelope", "webhook body is not a JSON object")
@@ -708,7 +726,7 @@ class PolarPlugin:
                 data,
                 fallback_time=parse_datetime(envelope.get("timestamp")),
             )
-        return self._ingest(webhook_id, event_type, payload, subscription)
+        return self._ingest(webhook_id, event_type, payload, subscription, received_at)
 
     def _ingest(
         self,
@@ -716,6 +734,7 @@ class PolarPlugin:
         event_type: str,
         payload: str,
         subscription: SubscriptionPayload | None,
+        received_at: datetime,
     ) -> WebhookOutcome:
         """Everything after reading: record, match, apply, notify. ``subscription`` is
         ``None`` for other events, and for a subscription event whose ``data`` is not an
@@ -725,16 +744,11 @@ class PolarPlugin:
         store's lock, and answers ``duplicate`` for an already processed delivery (a
         redelivery is rare; a read before every delivery would cost them all).
         """
-        delivery = _Delivery(webhook_id, event_type, payload, self._clock.now())
+        delivery = _Delivery(webhook_id, event_type, payload, received_at)
         if event_type not in SUBSCRIPTION_EVENTS:
             return self._finish(delivery, "ignored")
         if subscription is None:
             return self._fail(delivery, "subscription event without data")
-        return self._apply_subscription_event(delivery, subscription)
-
-    def _apply_subscription_event(
-        self, delivery: _Delivery, subscription: SubscriptionPayload
-    ) -> WebhookOutcome:
         if self.organization_id:
             org = subscription.organization_id
             if org is not None and org != self.organization_id:
@@ -783,7 +797,8 @@ class PolarPlugin:
             ),
             state,
         )
-        _raise_if_in_flight(result, delivery)
+        if result.in_flight:
+            _raise_in_flight(result, delivery)
         if result.duplicate:
             return _duplicate(result.event, delivery.event_type)
         applied = result.applied
@@ -868,7 +883,8 @@ class PolarPlugin:
         """Record a delivery that changes no state as processed with ``outcome``."""
         event = delivery.event("processed", outcome=outcome)
         result = self._store.ingest_event(event)
-        _raise_if_in_flight(result, delivery)
+        if result.in_flight:
+            _raise_in_flight(result, delivery)
         if result.duplicate:
             return _duplicate(result.event, delivery.event_type)
         return WebhookOutcome(delivery.webhook_id, delivery.event_type, outcome)
@@ -880,7 +896,8 @@ class PolarPlugin:
         ``WebhookPayloadError``), unless the delivery turns out to be a duplicate."""
         event = delivery.event("failed", error=reason, user_id=user_id)
         result = self._store.ingest_event(event)
-        _raise_if_in_flight(result, delivery)
+        if result.in_flight:
+            _raise_in_flight(result, delivery)
         if result.duplicate:
             return _duplicate(result.event, delivery.event_type)
         raise WebhookPayloadError("bad_subscription", reason)
@@ -933,11 +950,9 @@ class _Delivery(NamedTuple):
         )
 
 
-def _raise_if_in_flight(result: IngestResult, delivery: _Delivery) -> None:
-    """Raise :class:`WebhookInProgressError` when ``ingest_event`` found the delivery
-    claimed by another request (and so changed nothing)."""
-    if not result.in_flight:
-        return
+def _raise_in_flight(result: IngestResult, delivery: _Delivery) -> NoReturn:
+    """Raise :class:`WebhookInProgressError`: ``ingest_event`` found the delivery claimed
+    by another request (``result.in_flight``), and so changed nothing."""
     claimed_until = result.event.claimed_until
     remaining = 0.0
     if claimed_until is not None:

@@ -23,6 +23,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from hmac import compare_digest
 from typing import Any, Literal
 
@@ -108,7 +109,7 @@ class WebhookVerifier:
     (malformed header) or ``no_matching_signature`` (well-formed, but no entry matches).
     """
 
-    __slots__ = ("_hmacs", "_last_good", "clock", "tolerance")
+    __slots__ = ("_hmacs", "clock", "tolerance")
 
     def __init__(
         self,
@@ -123,14 +124,21 @@ class WebhookVerifier:
             raise ConfigurationError("tolerance must be >= 0 seconds", field="tolerance")
         self.tolerance = tolerance
         self.clock = clock
+        # The keys in the order they are tried: the last one that matched first.
         self._hmacs = [(name, _keyed_hmac(key)) for name, key in secret_keys(secret)]
-        self._last_good = 0
 
     def __repr__(self) -> str:
         return f"WebhookVerifier(tolerance={self.tolerance}, keys={len(self._hmacs)})"
 
-    def verify(self, body: bytes, headers: Mapping[str, str]) -> Derivation:
-        """Verify ``body`` (raw bytes) against the headers; return the derivation that matched."""
+    def verify(
+        self, body: bytes, headers: Mapping[str, str], *, now: datetime | None = None
+    ) -> Derivation:
+        """Verify ``body`` (raw bytes) against the headers; return the derivation that matched.
+
+        The timestamp is checked against ``now`` when given (a caller that has read its
+        clock for this delivery already), else against the verifier's clock, else the
+        system time.
+        """
         # headers.get first: a webhook hot path, and the names are usually lower case.
         get = headers.get
         msg_id = get("webhook-id")
@@ -158,12 +166,15 @@ class WebhookVerifier:
                 "bad_timestamp", "webhook-timestamp is not a unix time in seconds"
             )
         ts = int(ts_text)
-        now = time.time() if self.clock is None else self.clock.now().timestamp()
-        if abs(now - ts) > self.tolerance:
-            direction = "old" if ts < now else "far in the future"
+        if now is not None:
+            at = now.timestamp()
+        else:
+            at = time.time() if self.clock is None else self.clock.now().timestamp()
+        if abs(at - ts) > self.tolerance:
+            direction = "old" if ts < at else "far in the future"
             raise WebhookVerificationError(
                 "stale_timestamp",
-                f"webhook-timestamp is too {direction} ({int(now - ts)} s off, "
+                f"webhook-timestamp is too {direction} ({int(at - ts)} s off, "
                 f"tolerance {self.tolerance} s)",
             )
         candidates: list[bytes] = []
@@ -183,18 +194,16 @@ class WebhookVerifier:
         # not raise here.
         prefix = f"{msg_id}.{ts_text}.".encode("utf-8", "surrogatepass")
         hmacs = self._hmacs
-        count = len(hmacs)
-        last_good = self._last_good
-        for i in range(count):
-            index = (last_good + i) % count
-            name, base = hmacs[index]
+        for keyed in hmacs:
+            name, base = keyed
             mac = base.copy()
             mac.update(prefix)
             mac.update(body)
             expected = mac.digest()
             for candidate in candidates:
                 if compare_digest(expected, candidate):
-                    self._last_good = index
+                    if keyed is not hmacs[0]:  # the key that matched is tried first next time
+                        self._hmacs = [keyed, *(k for k in hmacs if k is not keyed)]
                     return name
         raise WebhookVerificationError(
             "no_matching_signature", "no webhook signature matches the body and secret"

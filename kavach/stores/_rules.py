@@ -48,21 +48,31 @@ def mirror_values(states: list[SubscriptionState]) -> dict[str, Any]:
     }
 
 
-def with_mirror(user: UserRecord, states: list[SubscriptionState]) -> UserRecord:
-    """``user`` with its mirror columns recomputed from ``states``."""
-    best = most_relevant(states)
+def with_mirror(
+    user: UserRecord, states: list[SubscriptionState], polar_customer_id: str | None
+) -> UserRecord:
+    """``user`` with its mirror columns recomputed from ``states``, and linked to
+    ``polar_customer_id`` (its own link, or the customer a write links it to)."""
+    return mirror_of(user, most_relevant(states), polar_customer_id)
+
+
+def mirror_of(
+    user: UserRecord, best: SubscriptionState | None, polar_customer_id: str | None
+) -> UserRecord:
+    """``user`` mirroring ``best``, its most relevant subscription (none: ``None``), and
+    linked to ``polar_customer_id``."""
     # A webhook hot path: positional, in UserRecord's field order (a third of what
     # attrs.evolve costs, half of keywords).
     if best is None:
         return UserRecord(user.id, user.email, user.name, user.password_hash,
-                          user.created_at, user.polar_customer_id)
+                          user.created_at, polar_customer_id)
     return UserRecord(
         user.id,
         user.email,
         user.name,
         user.password_hash,
         user.created_at,
-        user.polar_customer_id,
+        polar_customer_id,
         best.id,  # polar_subscription_id
         best.status,  # polar_subscription_status
         best.product_id,  # polar_product_id

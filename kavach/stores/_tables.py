@@ -15,7 +15,6 @@ lock; nothing here is thread-safe on its own.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 from typing import NamedTuple
@@ -58,7 +57,8 @@ class Tables:
         self.subscriptions: dict[str, SubscriptionState] = {}
         self.subscription_ids_by_user: dict[str, set[str]] = {}
         self.events: dict[str, InboxEvent] = {}
-        self.event_counts: Counter[str] = Counter()
+        # By status. A plain dict: a Counter's += costs twice as much (one per delivery).
+        self.event_counts: dict[str, int] = {}
 
     # -- reads ----------------------------------------------------------------------
     def user_by_email(self, email: str) -> UserRecord | None:
@@ -87,7 +87,7 @@ class Tables:
 
     def count_events(self, status: str | None) -> int:
         """How many inbox events (with ``status``, when given)."""
-        return len(self.events) if status is None else self.event_counts[status]
+        return len(self.events) if status is None else self.event_counts.get(status, 0)
 
     # -- plans: check the rules, return what to write --------------------------------
     def plan_create_user(self, user: UserRecord) -> Change:
@@ -197,8 +197,8 @@ class Tables:
         row = _rules.ingested(event, stored, state, applied)
         if state is None or users is None:
             change = Change(events=(row,))
-        else:
-            change = Change(users=users, subscriptions=(state,), events=(row,))
+        else:  # positional (one per delivery): users, sessions, deleted, subscriptions, events
+            change = Change(users, (), (), (state,), (row,))
         return change, IngestResult(row, stored is None, applied)  # event, created, applied
 
     def plan_finish_event(
@@ -230,20 +230,22 @@ class Tables:
     # -- apply ------------------------------------------------------------------------
     def apply(self, change: Change) -> None:
         """Put ``change`` in place (no checks: they ran when it was planned)."""
-        for user in change.users:
+        users, sessions, deleted_sessions, subscriptions, events = change
+        for user in users:
             self._put_user(user)
-        for session in change.sessions:
+        for session in sessions:
             self.sessions[session.token_hash] = session
-        for token_hash in change.deleted_sessions:
+        for token_hash in deleted_sessions:
             self.sessions.pop(token_hash, None)
-        for state in change.subscriptions:
+        for state in subscriptions:
             self._put_subscription(state)
-        for event in change.events:
+        for event in events:
             previous = self.events.get(event.webhook_id)
+            counts = self.event_counts
             if previous is not None:
-                self.event_counts[previous.status] -= 1
+                counts[previous.status] -= 1
             self.events[event.webhook_id] = event
-            self.event_counts[event.status] += 1
+            counts[event.status] = counts.get(event.status, 0) + 1
 
     # -- helpers ----------------------------------------------------------------------
     def _mirrors_after(self, state: SubscriptionState) -> tuple[UserRecord, ...] | None:
@@ -257,20 +259,21 @@ class Tables:
         current = self.subscriptions.get(state.id)
         if current is not None and current.version >= state.version:
             return None
+        linked = holder.polar_customer_id
+        if linked is None and self._links(holder, state.customer_id):
+            linked = state.customer_id
         held = self.subscription_ids_by_user.get(state.user_id, ())
         if len(held) == 1 and state.id in held:  # the usual case: only this one
-            states = [state]
+            mirrored = _rules.mirror_of(holder, state, linked)
         else:
             states = [self.subscriptions[i] for i in held if i != state.id]
             states.append(state)
-        mirrored = _rules.with_mirror(holder, states)
-        if self._links(holder, state.customer_id):
-            mirrored = attrs.evolve(mirrored, polar_customer_id=state.customer_id)
+            mirrored = _rules.with_mirror(holder, states, linked)
         if current is None or current.user_id == state.user_id:
             return (mirrored,)
-        previous = current.user_id
-        remaining = [s for s in self.subscriptions_of(previous) if s.id != state.id]
-        return (mirrored, _rules.with_mirror(self.users[previous], remaining))
+        previous = self.users[current.user_id]
+        remaining = [s for s in self.subscriptions_of(previous.id) if s.id != state.id]
+        return (mirrored, _rules.with_mirror(previous, remaining, previous.polar_customer_id))
 
     def _links(self, holder: UserRecord, customer_id: str | None) -> bool:
         """Does applying a state of Polar customer ``customer_id`` link ``holder`` to it?
@@ -304,7 +307,10 @@ class Tables:
         for user_id, count in holders.items():
             user = self.users.get(user_id)
             if count > 1 and user is not None:
-                self._put_user(_rules.with_mirror(user, self.subscriptions_of(user_id)))
+                mirrored = _rules.with_mirror(
+                    user, self.subscriptions_of(user_id), user.polar_customer_id
+                )
+                self._put_user(mirrored)
 
     def _put_user(self, user: UserRecord) -> None:
         previous = self.users.get(user.id)
@@ -333,9 +339,11 @@ class Tables:
 
     def _put_subscription(self, state: SubscriptionState) -> None:
         previous = self.subscriptions.get(state.id)
-        if previous is not None and previous.user_id != state.user_id:
-            self.subscription_ids_by_user[previous.user_id].discard(state.id)
         self.subscriptions[state.id] = state
+        if previous is not None:
+            if previous.user_id == state.user_id:
+                return  # a newer state of a subscription already indexed under its holder
+            self.subscription_ids_by_user[previous.user_id].discard(state.id)
         held = self.subscription_ids_by_user.get(state.user_id)
         if held is None:
             self.subscription_ids_by_user[state.user_id] = {state.id}

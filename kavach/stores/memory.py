@@ -11,9 +11,12 @@ import threading
 from types import TracebackType
 
 from kavach.errors import StoreError
+from kavach.records import UserRecord
 from kavach.stores._table_store import TableStore
 from kavach.stores._tables import Change, Tables
 from kavach.stores.base import SCHEMA_VERSION
+
+_CLOSED = "the memory store is closed"
 
 
 class MemoryStore(TableStore):
@@ -41,6 +44,15 @@ class MemoryStore(TableStore):
         with self._lock:
             self._closed = True
 
+    def get_user(self, user_id: str) -> UserRecord | None:
+        """The user with this id, or ``None``: :class:`TableStore`'s, with the lock taken
+        directly rather than through ``_locked`` (a third less: every webhook and every
+        sign-in reads a user)."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(_CLOSED)
+            return self._tables.users.get(user_id)
+
     # -- TableStore hooks ---------------------------------------------------------------
     def _locked(self, *, writing: bool) -> _Held:
         """Hold the lock (readers and writers alike) and give the open tables."""
@@ -65,7 +77,7 @@ class _Held:
         store._lock.acquire()
         if store._closed:
             store._lock.release()
-            raise StoreError("the memory store is closed")
+            raise StoreError(_CLOSED)
         return store._tables
 
     def __exit__(
