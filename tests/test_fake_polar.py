@@ -40,6 +40,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.on_post()
                 with receiver.lock:
                     receiver.received.append(({k.lower(): v for k, v in self.headers.items()},
                                               body))
@@ -63,6 +64,9 @@ class Receiver:
     def url(self) -> str:
         host, port = self.server.server_address[:2]
         return f"http://{host!s}:{port}/hook"
+
+    def on_post(self) -> None:
+        """Runs for each delivery before it is recorded and answered (a hook: nothing)."""
 
     @property
     def bodies(self) -> list[JSON]:

@@ -3,14 +3,12 @@ configuration, shutdown, and the corners of sorting, redirects, expiry and check
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -29,43 +27,21 @@ JSON = dict[str, Any]
 AUTH = {"Authorization": "Bearer polar_oat_test"}
 
 
-class HoldingReceiver:
+class HoldingReceiver(Receiver):
     """A webhook receiver that holds each delivery until ``answered`` is set (5 s at most)
     and records, per delivery, whether it was set by then."""
 
     def __init__(self) -> None:
         self.answered = threading.Event()
         self.answered_first: list[bool] = []
-        self.types: list[str] = []
-        receiver = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                receiver.answered_first.append(receiver.answered.wait(5))
-                receiver.types.append(json.loads(body)["type"])
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}/hook"
+    def on_post(self) -> None:
+        self.answered_first.append(self.answered.wait(5))
 
     def close(self) -> None:
         self.answered.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()
 
 
 @pytest.fixture
