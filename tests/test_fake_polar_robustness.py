@@ -3,6 +3,7 @@ configuration, shutdown, and the corners of sorting, redirects, expiry and check
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import socket
@@ -20,6 +21,8 @@ from kavach.cli_polar import KNOWN_EVENTS
 from kavach.clock import FrozenClock
 from kavach.errors import ConfigurationError
 from kavach.polar.webhooks import WebhookVerifier
+from kavach.testing._fake_core import Event
+from kavach.testing._fake_delivery import Deliverer
 from kavach.testing.fake_polar import FakePolar
 from tests.test_fake_polar import Receiver, subscribe
 
@@ -369,3 +372,72 @@ def test_default_secret_verifies_with_either_derivation(
         ((headers, body),) = receiver.received
         assert WebhookVerifier(fake.webhook_secret).verify(body, headers) == derivation
         _verify_signature(body.decode("utf-8"), headers, fake.webhook_secret)
+
+
+# --- the sync lane: order, a sender without a lane, an attempt that raises ---------------
+
+
+def _events(*types: str) -> list[Event]:
+    at = datetime(2026, 8, 22, tzinfo=UTC)
+    return [Event(t, at, json.dumps({"type": t, "data": {}}).encode()) for t in types]
+
+
+def _deliverer(receiver: Receiver, **options: Any) -> Deliverer:
+    deliverer = Deliverer(secret="whsec_" + "a" * 43, derivation="standard", background=False,
+                          seed=1, retry_time_scale=0.0, **options)
+    deliverer.add_endpoint(receiver.url, None)
+    return deliverer
+
+
+def test_an_api_calls_webhooks_go_before_those_of_a_helper_called_after_it(
+    receiver: Receiver,
+) -> None:
+    deliverer = _deliverer(receiver)
+    deliverer.start()
+    try:
+        release = deliverer.submit_later(_events("subscription.updated"))  # still answering
+        helper = threading.Thread(target=deliverer.submit, args=(_events("subscription.revoked"),))
+        helper.start()
+        helper.join(0.3)  # the helper's batch is queued behind the request's: it waits
+        assert receiver.types == []
+        release()  # the request answered
+        helper.join(10)
+        assert receiver.types == ["subscription.updated", "subscription.revoked"]
+    finally:
+        deliverer.stop()
+
+
+def test_without_a_running_lane_a_helper_sends_the_batches_queued_before_its_own(
+    receiver: Receiver,
+) -> None:
+    deliverer = _deliverer(receiver)  # never started (or stopped): the helper sends itself
+    deliverer.submit_later(_events("subscription.updated"))()
+    deliverer.submit(_events("subscription.revoked"))
+    assert receiver.types == ["subscription.updated", "subscription.revoked"]
+    deliverer.wait(1)
+
+
+def test_an_attempt_that_raises_is_logged_as_failed_and_the_lane_goes_on(
+    receiver: Receiver,
+) -> None:
+    class FlakyClock:
+        failures = 1
+
+        def now(self) -> datetime:
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("clock hiccup")
+            return datetime.now(UTC)
+
+    deliverer = _deliverer(receiver, signing_clock=FlakyClock())
+    deliverer.start()
+    try:
+        deliverer.submit_later(_events("subscription.updated"))()
+        deliverer.submit_later(_events("subscription.canceled"))()
+        deliverer.wait(10)
+        # Retried within its own batch, which ends before the next one starts.
+        assert receiver.types == ["subscription.updated", "subscription.canceled"]
+        failed = [a for a in deliverer.log if a.status_code is None]
+        assert [a.error for a in failed] == ["RuntimeError: clock hiccup"]
+    finally:
+        deliverer.stop()

@@ -167,6 +167,8 @@ class SubscriptionPayload(NamedTuple):
     @property
     def state_fields(self) -> dict[str, Any]:
         """``state_values`` by field name (for reading and debugging; not a hot path)."""
+        if not self.state_values:  # a payload with an error has none
+            return {}
         return dict(zip(STATE_FIELDS, self.state_values, strict=True))
 
     def state_for(self, user_id: str) -> SubscriptionState:

@@ -164,11 +164,16 @@ def _nothing() -> None:
 
 @define
 class _Batch:
-    """One action's messages for the sync lane: first attempts in order, then retries."""
+    """One action's messages for the sync lane: first attempts in order, then retries.
+
+    ``ready`` is ``False`` while the API request that caused it is still answering: the
+    batch already holds its place on the lane (batches go out in the order their actions
+    happened), but the lane waits for it before sending it or anything after it."""
 
     first: deque[_Message]
     retries: list[_Scheduled] = field(factory=list)
     done: bool = False
+    ready: bool = True
 
 
 class Deliverer:
@@ -268,13 +273,26 @@ class Deliverer:
 
     def submit_later(self, events: Sequence[Event]) -> Callable[[], None]:
         """Prepare an API request's events; the returned function (call it once, after the
-        response is written) queues them. ``wait`` counts them from now on."""
+        response is written) releases them. ``wait`` counts them from now on, and in sync
+        mode they keep their place: a helper called after the request answered waits
+        for them."""
         messages = self._messages(events)
         if not messages:
             return _nothing
+        if self.background:
+            with self._cond:
+                self._announced += 1
+            return partial(self._send, messages, wait=False, announced=True)
+        batch = _Batch(deque(messages), ready=False)
         with self._cond:
-            self._announced += 1
-        return partial(self._send, messages, wait=False, announced=True)
+            self._lane.append(batch)
+        return partial(self._release, batch)
+
+    def _release(self, batch: _Batch) -> None:
+        """An API request answered: the lane may send its batch."""
+        with self._cond:
+            batch.ready = True
+            self._cond.notify_all()
 
     def redeliver(self, webhook_id: str) -> None:
         """Send an earlier message again (as the dashboard's "redeliver" does)."""
@@ -302,16 +320,21 @@ class Deliverer:
             self._wait_for(batch)
 
     def _wait_for(self, batch: _Batch) -> None:
-        """Block until the lane delivered ``batch``; deliver it here if no lane runs."""
+        """Block until the lane delivered ``batch``. If no lane runs (not started, or
+        stopped meanwhile), deliver here the batches queued up to it, in order."""
         with self._cond:
             while not batch.done and self._worker_running:
                 self._cond.wait()
             if batch.done:
                 return
-            self._lane.remove(batch)
+            ahead = self._lane.index(batch) + 1
+            while not all(self._lane[i].ready for i in range(ahead)):
+                self._cond.wait()  # an API request still answering: its batch goes first
+            mine = [self._lane.popleft() for _ in range(ahead)]
             self._busy += 1
         try:
-            self._work(batch, interruptible=False)
+            for queued in mine:
+                self._work(queued, interruptible=False)
         finally:
             with self._cond:
                 self._busy -= 1
@@ -351,15 +374,18 @@ class Deliverer:
                 return False
             message.attempts += 1
             forced = self._forced_failures.pop(0) if self._forced_failures else None
-        timestamp = int(
-            self.signing_clock.now().timestamp() if self.signing_clock else time.time()
-        )
         status: int | None
         error: str | None = None
-        if forced is not None:
-            status, error = forced, "simulated failure (not sent)"
-        else:
-            status, error = self._post(message, timestamp)
+        try:
+            timestamp = int(
+                self.signing_clock.now().timestamp() if self.signing_clock else time.time()
+            )
+            if forced is not None:
+                status, error = forced, "simulated failure (not sent)"
+            else:
+                status, error = self._post(message, timestamp)
+        except Exception as exc:  # a raising clock or signer: this attempt failed, not the sender
+            timestamp, status, error = int(time.time()), None, f"{type(exc).__name__}: {exc}"
         attempt = DeliveryAttempt(
             webhook_id=message.webhook_id,
             event_type=message.event_type,
@@ -479,9 +505,10 @@ class Deliverer:
                 self._cond.notify_all()
 
     def _take_batch(self) -> _Batch | None:
-        """The next batch (counted as busy), or ``None`` once a stop was asked for."""
+        """The next batch, once ready (counted as busy), or ``None`` once a stop was asked
+        for."""
         with self._cond:
-            while not self._lane and not self._stop.is_set():
+            while not (self._lane and self._lane[0].ready) and not self._stop.is_set():
                 self._cond.wait()
             if self._stop.is_set():
                 return None

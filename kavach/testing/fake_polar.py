@@ -30,7 +30,8 @@ Polar, a retry never lets a *later action's* events overtake it. ``deliver="back
 sends every message on its own schedule (retries interleave with later events); call
 ``wait_for_deliveries()`` there too. In sync mode a helper waits for earlier batches to
 finish first, so do not call one from inside a webhook handler the fake is delivering to.
-``close()`` keeps undelivered messages queued.
+``close()`` keeps undelivered messages queued (a helper still waiting then sends the
+batches queued up to its own, in order, and returns).
 """
 
 from __future__ import annotations

@@ -291,3 +291,9 @@ def test_each_state_field_is_read_into_its_own_name_on_both_readers() -> None:
         state = attrs.asdict(payload.state_for("user-9"), recurse=False)
         assert state == expected
         assert payload.state_fields == {k: v for k, v in expected.items() if k != "user_id"}
+
+
+def test_a_payload_that_lacks_what_a_state_needs_has_no_state_fields() -> None:
+    payload = SubscriptionPayload.from_dict({"status": "active"}, fallback_time=None)
+    assert payload.error is not None
+    assert payload.state_fields == {}
