@@ -500,9 +500,13 @@ class Deliverer:
                         self._busy -= 1
                         self._cond.notify_all()
         finally:
-            with self._cond:
-                self._worker_running = False
-                self._cond.notify_all()
+            self._worker_ended()
+
+    def _worker_ended(self) -> None:
+        """The worker thread is returning: waiting helpers stop waiting for it."""
+        with self._cond:
+            self._worker_running = False
+            self._cond.notify_all()
 
     def _take_batch(self) -> _Batch | None:
         """The next batch, once ready (counted as busy), or ``None`` once a stop was asked
@@ -537,9 +541,7 @@ class Deliverer:
                         self._busy -= 1
                         self._cond.notify_all()
         finally:
-            with self._cond:
-                self._worker_running = False
-                self._cond.notify_all()
+            self._worker_ended()
 
     def _take_due_message(self) -> _Message | None:
         """The next due message (counted as busy), or ``None`` once a stop was asked for."""
