@@ -356,6 +356,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: ``kavach``'s exit status when standard output was closed early (128 + SIGPIPE).
+EXIT_BROKEN_PIPE = 141
+
+
+def _run(args: argparse.Namespace, env: Mapping[str, str], stdin: TextIO, stdout: TextIO) -> int:
+    if args.command == "serve":
+        return _run_serve(args, env)
+    if args.command == "users":
+        return _run_users_create(args, env, stdin, stdout)
+    if args.command == "polar":
+        from kavach.cli_polar import run_polar
+
+        return run_polar(args, env, stdout)
+    return _run_migrate(args, env, stdout)
+
+
+def _silence(stream: TextIO) -> None:
+    """After a broken pipe: point ``stream``'s descriptor at /dev/null, so the flush at
+    interpreter exit does not fail again (the recipe of Python's ``signal`` docs)."""
+    import os
+
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a real file (a test's StringIO)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -363,21 +395,24 @@ def main(
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
 ) -> int:
-    """Run the ``kavach`` command; returns the exit status."""
+    """Run the ``kavach`` command; returns the exit status.
+
+    Exit statuses: 0 success; 1 a check or delivery failed, or a ``KavachError``; 2 a
+    usage or configuration error; 130 interrupted; 141 standard output was closed early
+    (``kavach ... | head``: the rest of the output is dropped quietly, as with SIGPIPE).
+    """
     import os
 
     args = build_parser().parse_args(argv)
     env = os.environ if environ is None else environ
+    out = stdout or sys.stdout
     try:
-        if args.command == "serve":
-            return _run_serve(args, env)
-        if args.command == "users":
-            return _run_users_create(args, env, stdin or sys.stdin, stdout or sys.stdout)
-        if args.command == "polar":
-            from kavach.cli_polar import run_polar
-
-            return run_polar(args, env, stdout or sys.stdout)
-        return _run_migrate(args, env, stdout or sys.stdout)
+        status = _run(args, env, stdin or sys.stdin, out)
+        out.flush()  # a closed pipe shows here, not at exit
+        return status
+    except BrokenPipeError:
+        _silence(out)
+        return EXIT_BROKEN_PIPE
     except (CliError, ConfigurationError) as exc:
         print(f"kavach: error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
@@ -20,10 +21,13 @@ from kavach.records import INBOX_STATUSES, InboxEvent
 
 if TYPE_CHECKING:
     from kavach.core import Kavach
+    from kavach.stores.base import Store
 
 DEFAULT_LIST_LIMIT = 50
 #: Statuses a replay acts on: the delivery never finished.
 UNFINISHED = ("received", "failed")
+#: Deliveries ``replay --failed`` reads from the store at a time.
+REPLAY_PAGE = 500
 
 
 def add_events_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,8 +67,9 @@ def add_events_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     replay.add_argument(
         "--without-callback",
         action="store_true",
-        help="also finish deliveries whose state is applied but whose on_subscription_change "
-        "never returned: the app's callback will not run for them",
+        help="also finish subscription deliveries that owe the app's on_subscription_change "
+        "(applied, or never applied, but not finished): the app's callback will not run "
+        "for them",
     )
     replay.set_defaults(run=run_replay)
 
@@ -80,6 +85,32 @@ def _add_database(parser: argparse.ArgumentParser) -> None:
 def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
     given: str | None = args.database or environ.get("KAVACH_DATABASE_URL") or None
     return given
+
+
+def _file_of(url: str) -> str | None:
+    """The file a ``sqlite://`` or ``json://`` URL names (``None`` for other stores)."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        return None
+    if scheme == "sqlite":
+        path = rest[1:] if rest.startswith("/") else rest
+        return path if path and path != ":memory:" else None
+    if scheme == "json":
+        return rest or None
+    return None
+
+
+def _open_existing(args: argparse.Namespace, environ: Mapping[str, str]) -> Store:
+    """The store to read, refusing a SQLite or JSON file that does not exist: opening it
+    would create an empty store at a mistyped path and report no deliveries."""
+    from kavach.stores import DEFAULT_DATABASE_URL, open_store
+
+    url = _database(args, environ) or DEFAULT_DATABASE_URL
+    path = _file_of(url)
+    if path is not None and not os.path.exists(path):
+        raise CliError(f"no store at {path} (check --database or KAVACH_DATABASE_URL)")
+    return open_store(url)
 
 
 def _when(moment: datetime | None) -> str:
@@ -102,12 +133,10 @@ def _line(event: InboxEvent) -> str:
 
 def run_list(args: argparse.Namespace, environ: Mapping[str, str], stdout: TextIO) -> int:
     """``kavach polar events list``."""
-    from kavach.stores import open_store
-
     if args.limit <= 0:
         raise CliError("--limit must be positive")
     status = "failed" if args.failed else args.status
-    store = open_store(_database(args, environ))
+    store = _open_existing(args, environ)
     try:
         events = store.list_events(status=status, limit=args.limit)
         total = store.count_events(status=status)
@@ -123,9 +152,7 @@ def run_list(args: argparse.Namespace, environ: Mapping[str, str], stdout: TextI
 
 def run_show(args: argparse.Namespace, environ: Mapping[str, str], stdout: TextIO) -> int:
     """``kavach polar events show WEBHOOK_ID``."""
-    from kavach.stores import open_store
-
-    store = open_store(_database(args, environ))
+    store = _open_existing(args, environ)
     try:
         event = store.get_event(args.webhook_id)
     finally:
@@ -174,50 +201,85 @@ def _kavach_with_polar(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     return create_kavach(_database(args, environ), plugins=[plugin])
 
 
+def _owes_callback(event: InboxEvent) -> str | None:
+    """Why replaying ``event`` here would lose the app's ``on_subscription_change``, if so.
+
+    An unfinished delivery whose state is applied still owes the callback; so does an
+    unfinished ``subscription.*`` delivery never applied (the process died before): applying
+    it here, where the app's callback does not exist, would mark it done without one.
+    """
+    if event.status not in UNFINISHED:
+        return None
+    if event.outcome == "applied":
+        return "its state is applied, its on_subscription_change has not run to the end"
+    if event.outcome is None and event.event_type.startswith("subscription."):
+        return ("it was never applied, and applying it here would skip your "
+                "on_subscription_change")
+    return None
+
+
+def _unfinished(kavach: Kavach) -> Iterator[InboxEvent]:
+    """Every unfinished delivery, a page at a time (memory stays bounded).
+
+    ``failed`` first: a ``received`` delivery whose replay fails becomes ``failed`` and is
+    not met twice. Deliveries still unfinished after their turn stay at the head of the
+    listing, so the next page starts after them.
+    """
+    for status in ("failed", "received"):
+        kept = 0
+        while page := kavach.store.list_events(status=status, limit=REPLAY_PAGE, offset=kept):
+            for event in page:
+                yield event
+                after = kavach.store.get_event(event.webhook_id)
+                if after is not None and after.status == status:
+                    kept += 1
+
+
 def run_replay(args: argparse.Namespace, environ: Mapping[str, str], stdout: TextIO) -> int:
     """``kavach polar events replay (WEBHOOK_ID | --failed)``.
 
     Your application's ``on_subscription_change`` does not run here (it lives in your
-    app's process). A delivery whose state is applied but whose callback never returned
-    (it raised, or the process died in it) still owes that callback: it is skipped — replay
-    it from the app with ``kavach.plugins.polar.replay_event(id)`` — unless
-    ``--without-callback`` says to finish it anyway. Exit 1 when any was skipped or failed.
+    app's process). An unfinished ``subscription.*`` delivery still owes that callback when
+    its state is applied but the callback never returned (it raised, or the process died in
+    it), or when it was never applied at all: it is skipped — replay it from the app with
+    ``kavach.plugins.polar.replay_event(id)`` — unless ``--without-callback`` says to finish
+    it anyway. ``--failed`` goes through every unfinished delivery, however many. Exit 1
+    when any was skipped or failed.
     """
+    with _kavach_with_polar(args, environ) as kavach:
+        if args.failed:
+            events: Iterator[InboxEvent] = _unfinished(kavach)
+        else:
+            event = kavach.store.get_event(args.webhook_id)
+            if event is None:
+                raise CliError(f"no delivery with webhook-id {args.webhook_id!r}")
+            events = iter([event])
+        total = failures = 0
+        for event in events:
+            total += 1
+            if not _replay_one(kavach, event, args.without_callback, stdout):
+                failures += 1
+        print(f"replayed {total - failures} of {total} deliveries", file=stdout)
+    return 1 if failures else 0
+
+
+def _replay_one(kavach: Kavach, event: InboxEvent, without_callback: bool, stdout: TextIO) -> bool:
+    """Replay one delivery and print its line; ``False`` when skipped or failed."""
     from kavach.errors import KavachError
 
-    with _kavach_with_polar(args, environ) as kavach:
-        plugin = kavach.plugins.polar
-        if args.failed:
-            ids = [
-                e.webhook_id
-                for status in UNFINISHED
-                for e in kavach.store.list_events(status=status, limit=10_000)
-            ]
-        else:
-            if kavach.store.get_event(args.webhook_id) is None:
-                raise CliError(f"no delivery with webhook-id {args.webhook_id!r}")
-            ids = [args.webhook_id]
-        failures = 0
-        for webhook_id in ids:
-            stored = kavach.store.get_event(webhook_id)
-            owes_callback = (
-                stored is not None and stored.status != "processed" and stored.outcome == "applied"
-            )
-            if owes_callback and not args.without_callback:
-                failures += 1
-                print(
-                    f"{webhook_id}  skipped: its state is applied, its on_subscription_change "
-                    "has not run to the end; replay it from your app "
-                    "(kavach.plugins.polar.replay_event), or pass --without-callback",
-                    file=stdout,
-                )
-                continue
-            try:
-                outcome = plugin.replay_event(webhook_id)
-            except KavachError as exc:
-                failures += 1
-                print(f"{webhook_id}  error: {exc}", file=stdout)
-                continue
-            print(f"{webhook_id}  {outcome.event_type}  {outcome.outcome}", file=stdout)
-        print(f"replayed {len(ids) - failures} of {len(ids)} deliveries", file=stdout)
-    return 1 if failures else 0
+    webhook_id = event.webhook_id
+    owed = _owes_callback(event)
+    if owed is not None and not without_callback:
+        print(
+            f"{webhook_id}  skipped: {owed}; replay it from your app "
+            "(kavach.plugins.polar.replay_event), or pass --without-callback",
+            file=stdout,
+        )
+        return False
+    try:
+        outcome = kavach.plugins.polar.replay_event(webhook_id)
+    except KavachError as exc:
+        print(f"{webhook_id}  error: {exc}", file=stdout)
+        return False
+    print(f"{webhook_id}  {outcome.event_type}  {outcome.outcome}", file=stdout)
+    return True

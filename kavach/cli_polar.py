@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping
@@ -32,8 +33,9 @@ from urllib.parse import urlsplit
 import attrs
 
 from kavach.cli import CliError, _parse_bool
+from kavach.errors import ConfigurationError
 from kavach.polar.hosts import PRODUCTION_API_URL, SANDBOX_API_URL
-from kavach.polar.webhooks import Derivation, secret_keys, sign_webhook
+from kavach.polar.webhooks import Derivation, secret_keys, sign_webhook, validate_webhook_secret
 
 if TYPE_CHECKING:
     import requests
@@ -68,6 +70,10 @@ RECOMMENDED_ANSWER_SECONDS = 2.0
 USER_AGENT = "polar.sh webhooks"
 _BODY_PREVIEW = 300
 _READ_LIMIT = 64 * 1024
+#: The length of the part after ``whsec_`` in Polar's secrets (unpadded base64, 32 bytes).
+WHSEC_TAIL_LENGTH = 43
+#: The shortest ``polar_whs_`` or plain secret Polar makes or accepts.
+MIN_SECRET_LENGTH = 32
 SAMPLE_ORGANIZATION_ID = "0e6b1f7c-3c1a-4f0e-9a3d-6b1c2d3e4f50"
 #: The event type ``doctor`` sends: unknown to Polar, so a correct receiver records it
 #: and answers 2xx without side effects.
@@ -136,6 +142,19 @@ def run_polar(args: argparse.Namespace, environ: Mapping[str, str], stdout: Text
 
 
 # -- shared: masking, sending ---------------------------------------------------------
+
+
+def positive_seconds(text: str) -> float:
+    """An ``argparse`` type: a finite number of seconds greater than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds above 0, not {text!r}"
+        )
+    return value
 
 
 def mask(value: str, prefixes: tuple[str, ...] = ()) -> str:
@@ -434,7 +453,7 @@ def add_trigger_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "with a base64 tail, else legacy)",
     )
     trigger.add_argument(
-        "--timeout", type=float, default=DELIVERY_TIMEOUT,
+        "--timeout", type=positive_seconds, default=DELIVERY_TIMEOUT,
         help=f"seconds to wait for the answer (default {DELIVERY_TIMEOUT:g}, Polar's)",
     )
     trigger.set_defaults(run=run_trigger)
@@ -444,7 +463,10 @@ def _signing_secret(given: str | None, environ: Mapping[str, str]) -> str:
     secret = (given or environ.get("POLAR_WEBHOOK_SECRET", "")).strip()
     if not secret:
         raise CliError("--secret is required (or set POLAR_WEBHOOK_SECRET)")
-    return secret
+    try:
+        return validate_webhook_secret(secret, "the webhook secret")
+    except ConfigurationError as exc:
+        raise CliError(str(exc)) from None
 
 
 def run_trigger(args: argparse.Namespace, environ: Mapping[str, str], stdout: TextIO) -> int:
@@ -541,10 +563,17 @@ class _Probe:
     sandbox_header: bool = False
     location: str | None = None
     retry_after: str | None = None
+    #: The body was a JSON object with ``items`` and ``pagination``: Polar's list page.
+    list_page: bool = False
 
 
 def _has_wrapping(value: str) -> bool:
     return value[:1] in "\"'" or value[-1:] in "\"'" or any(c.isspace() for c in value)
+
+
+def _is_plain_http_to_remote(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "http" and not _is_local_host((parts.hostname or "").lower())
 
 
 def _is_local_host(host: str) -> bool:
@@ -569,6 +598,8 @@ class Doctor:
     session: requests.Session = attrs.field(factory=_new_session)
     timeout: float = DELIVERY_TIMEOUT
     slow_after: float = RECOMMENDED_ANSWER_SECONDS
+    #: Polar's own delivery timeout: an answer slower than this fails whatever ``timeout``.
+    polar_gives_up_after: float = DELIVERY_TIMEOUT
 
     def checks(self) -> Iterator[Check]:
         """Every finding, in the order support would look at them."""
@@ -576,7 +607,13 @@ class Doctor:
         token_ok = yield from self._token_format()
         api_url = yield from self._api_url(sandbox)
         if token_ok and api_url is not None and sandbox is not None:
-            yield self._token_valid(api_url, sandbox)
+            if _is_plain_http_to_remote(api_url):
+                yield Check("FAIL", "token valid",
+                            f"not checked: {api_url} is plain http to a remote host, so the "
+                            "token would travel unencrypted (kavach serve would send it the "
+                            "same way); use https")
+            else:
+                yield self._token_valid(api_url, sandbox)
         yield from self._organization()
         secret_ok = yield from self._secret_format()
         if self.settings.webhook_url is not None:
@@ -601,7 +638,15 @@ class Doctor:
             yield Check("FAIL", "access token",
                         "POLAR_ACCESS_TOKEN holds a webhook secret: are the two values swapped?")
             return False
+        from kavach.polar._transport import validate_access_token  # it loads requests
+
         shown = mask(token, tuple(_TOKEN_KINDS))
+        try:
+            validate_access_token(token)
+        except ConfigurationError as exc:  # what kavach serve would refuse
+            prefix = next((p for p in _TOKEN_KINDS if token.startswith(p)), "")
+            yield Check("FAIL", "access token", f"{prefix or 'POLAR_ACCESS_TOKEN'}…: {exc}")
+            return False
         kind = next((k for p, k in _TOKEN_KINDS.items() if token.startswith(p)), None)
         if _has_wrapping(token):
             yield Check("WARN", "access token",
@@ -622,6 +667,10 @@ class Doctor:
         )
         yield Check("OK", "access token", f"{kind} {shown}{note}")
         return True
+
+    def _sandbox_set(self) -> bool:
+        """``POLAR_SANDBOX`` was given a value (``0``, ``false``...), not left unset."""
+        return bool((self.settings.sandbox or "").strip())
 
     def _api_url(self, sandbox: bool | None) -> Generator[Check, None, str | None]:
         override = self.settings.api_url
@@ -654,6 +703,14 @@ class Doctor:
         elif parts.scheme == "http":
             yield Check("WARN", "api url",
                         f"{url}: plain http sends the token unencrypted; use https{note}")
+        elif _KNOWN_HOSTS.get(host) == "production" and sandbox:
+            yield Check("WARN", "api url",
+                        f"{url} is production but POLAR_SANDBOX=1: POLAR_API_URL wins, so "
+                        "production is used; unset one of them")
+        elif _KNOWN_HOSTS.get(host) == "sandbox" and sandbox is False and self._sandbox_set():
+            yield Check("WARN", "api url",
+                        f"{url} is the sandbox but POLAR_SANDBOX is off: POLAR_API_URL wins, "
+                        "so the sandbox is used; set POLAR_SANDBOX=1 or drop POLAR_API_URL")
         elif host in _KNOWN_HOSTS:
             yield Check("OK", "api url", f"{url} ({_KNOWN_HOSTS[host]}){note}")
         else:
@@ -666,33 +723,44 @@ class Doctor:
     # -- the token against the API --------------------------------------------------
     def _probe(self, base_url: str) -> _Probe:
         import requests
+        import urllib3
 
         token = self.settings.token or ""
         start = time.perf_counter()
         try:
-            response = self.session.get(
+            with self.session.get(
                 base_url.rstrip("/") + "/v1/subscriptions/",
                 params={"limit": "1"},
                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json",
                          "User-Agent": "kavach-doctor"},
                 timeout=self.timeout,
                 allow_redirects=False,
-            )
+                stream=True,
+            ) as response:
+                # At most 64 KiB: a Polar list page of one item is a few KiB.
+                content = response.raw.read(_READ_LIMIT, decode_content=True)
         except requests.RequestException as exc:
             return _Probe(None, time.perf_counter() - start, error=_network_error(exc))
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # reading the body failed
+            return _Probe(None, time.perf_counter() - start,
+                          error=f"the answer broke off ({type(exc).__name__})")
         seconds = time.perf_counter() - start
         code: str | None = None
+        list_page = False
         try:
-            body = response.json()
-            if isinstance(body, dict) and isinstance(body.get("error"), str):
-                code = body["error"]
+            body = json.loads(content)
         except ValueError:
-            pass
+            body = None
+        if isinstance(body, dict):
+            if isinstance(body.get("error"), str):
+                code = body["error"]
+            list_page = "items" in body and "pagination" in body
         return _Probe(
             response.status_code, seconds, error_code=code,
             sandbox_header=response.headers.get("x-polar-sandbox") == "1",
             location=response.headers.get("location"),
             retry_after=response.headers.get("retry-after"),
+            list_page=list_page,
         )
 
     def _token_valid(self, url: str, sandbox: bool) -> Check:
@@ -702,10 +770,19 @@ class Doctor:
             return Check("FAIL", "token valid", f"cannot reach {url}: {probe.error}")
         status = probe.status_code
         if 200 <= status < 300:
+            if not probe.list_page:
+                return Check("FAIL", "token valid",
+                             f"{url} answered {status} to GET /v1/subscriptions/ without a "
+                             "JSON list page: not Polar's API (a web page or a proxy?)")
             where = " (a sandbox deployment)" if probe.sandbox_header else ""
             return Check("OK", "token valid", f"accepted by {url}{where} in {took}")
         if status == 401:
             return self._rejected(url, sandbox, probe)
+        if status == 403 and probe.error_code != "insufficient_scope":
+            return Check("FAIL", "token valid",
+                         f"{url} refuses the token (403 {probe.error_code or 'Forbidden'})"
+                         + (": the organization has lost API access, see the Polar dashboard"
+                            if probe.error_code == "NotPermitted" else ""))
         if status == 403:
             return Check("WARN", "token valid",
                          f"{url} accepts the token but refused GET /v1/subscriptions/ "
@@ -732,7 +809,11 @@ class Doctor:
                          f"{url} rejected the token ({why}): expired, revoked or mistyped?")
         other_url = self.settings.production_url if sandbox else self.settings.sandbox_url
         other = self._probe(other_url)
-        if other.status_code is not None and 200 <= other.status_code < 300:
+        # A 2xx, or a 403 for a missing scope: the other deployment knows the token.
+        if other.status_code is not None and (
+            200 <= other.status_code < 300
+            or (other.status_code == 403 and other.error_code == "insufficient_scope")
+        ):
             if sandbox:
                 return Check("FAIL", "token valid",
                              "this is a production token but sandbox is on: unset "
@@ -752,10 +833,18 @@ class Doctor:
         if org is None:
             return
         try:
-            uuid.UUID(org)
+            canonical = str(uuid.UUID(org))
         except ValueError:
-            yield Check("WARN", "organization",
-                        f"POLAR_ORGANIZATION_ID {org!r} is not a UUID: events will not match it")
+            yield Check("FAIL", "organization",
+                        f"POLAR_ORGANIZATION_ID {org!r} is not a UUID: checkouts will fail "
+                        "and events will not match it")
+            return
+        if org != canonical:
+            # The plugin compares ids as exact strings, as Polar writes them.
+            yield Check("FAIL", "organization",
+                        f"POLAR_ORGANIZATION_ID {org!r} is not written as Polar writes ids: "
+                        f"use {canonical} (lower case, hyphenated), or checkouts will fail "
+                        "and events will not match it")
             return
         yield Check("OK", "organization", f"{org}: events about other organizations are ignored")
 
@@ -770,11 +859,24 @@ class Doctor:
                         "POLAR_WEBHOOK_SECRET holds an access token: are the two values "
                         "swapped?")
             return False
+        try:
+            validate_webhook_secret(secret, "POLAR_WEBHOOK_SECRET")
+        except ConfigurationError as exc:  # what kavach serve would refuse
+            yield Check("FAIL", "webhook secret", str(exc))
+            return False
         if _has_wrapping(secret):
             yield Check("WARN", "webhook secret",
                         "contains quotes or whitespace: copied with them?")
         if secret.startswith("whsec_"):
-            if "standard" in dict(secret_keys(secret)):
+            tail = len(secret[len("whsec_"):].rstrip("="))
+            if tail != WHSEC_TAIL_LENGTH:
+                keys = "" if "standard" in dict(secret_keys(secret)) else (
+                    "; the tail is not base64, so only the legacy key applies"
+                )
+                yield Check("WARN", "webhook secret",
+                            f"{mask(secret, ('whsec_',))}: {tail} characters after whsec_, "
+                            f"Polar's have {WHSEC_TAIL_LENGTH}: truncated or mistyped?{keys}")
+            elif "standard" in dict(secret_keys(secret)):
                 yield Check("OK", "webhook secret",
                             f"{mask(secret, ('whsec_',))}: kavach verifies both keys — "
                             "standard (base64-decoded tail; secrets made since 2026-09-08) "
@@ -784,17 +886,17 @@ class Doctor:
                             f"{mask(secret, ('whsec_',))}: the tail is not base64, so only "
                             "the legacy key applies: mistyped or truncated?")
             return True
+        if len(secret) < MIN_SECRET_LENGTH:
+            yield Check("WARN", "webhook secret",
+                        f"only {len(secret)} characters: Polar secrets are whsec_ + "
+                        f"{WHSEC_TAIL_LENGTH}, or polar_whs_... or plain ones of "
+                        f"{MIN_SECRET_LENGTH}+ characters; mistyped or truncated?")
+            return True
         if secret.startswith("polar_whs_"):
             yield Check("OK", "webhook secret",
                         f"{mask(secret, ('polar_whs_',))}: an older Polar secret, legacy key")
             return True
-        if len(secret) >= 32:
-            yield Check("OK", "webhook secret",
-                        f"a plain {len(secret)}-character secret: legacy key")
-            return True
-        yield Check("WARN", "webhook secret",
-                    f"only {len(secret)} characters: Polar secrets are whsec_..., "
-                    "polar_whs_... or 32+ characters; mistyped or truncated?")
+        yield Check("OK", "webhook secret", f"a plain {len(secret)}-character secret: legacy key")
         return True
 
     def _webhook(self, url: str, secret_ok: bool) -> Iterator[Check]:
@@ -841,6 +943,10 @@ class Doctor:
         if not result.ok:
             detail = f": {result.preview}" if result.preview else ""
             return Check("FAIL", name, f"answered {status} in {took}{detail}")
+        if result.seconds > self.polar_gives_up_after:
+            return Check("FAIL", name, f"answered {status} in {took}: Polar gives up after "
+                         f"{self.polar_gives_up_after:g} s and counts that as a failed delivery "
+                         f"(answer within {RECOMMENDED_ANSWER_SECONDS:g} s)")
         if result.seconds > self.slow_after:
             return Check("WARN", name, f"answered {status} in {took}: Polar recommends "
                          f"answering within {RECOMMENDED_ANSWER_SECONDS:g} s (timeout "
@@ -865,7 +971,7 @@ def add_doctor_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--api-url", metavar="URL", help="the Polar API base URL (default $POLAR_API_URL)"
     )
     doctor.add_argument(
-        "--timeout", type=float, default=DELIVERY_TIMEOUT,
+        "--timeout", type=positive_seconds, default=DELIVERY_TIMEOUT,
         help=f"seconds per request (default {DELIVERY_TIMEOUT:g}, Polar's delivery timeout)",
     )
     # Polar's two hosts, replaceable for tests (two FakePolar instances).

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ from kavach import FrozenClock, PasswordHasher, WebhookCallbackError, create_kav
 from kavach.auth import polar
 from kavach.cli import main
 from kavach.polar import sign_webhook
+from kavach.records import InboxEvent
+from kavach.stores.sql import SqlStore
 from tests.polar_plugin.conftest import SECRET, START
 from tests.polar_plugin.payloads import new_id
 from tests.polar_plugin.test_webhook_handling import sub_body
@@ -113,3 +117,65 @@ def test_replay_needs_the_polar_settings(inbox: tuple[str, str, str]) -> None:
     url, _, failed_id = inbox
     code, _ = run("polar", "events", "replay", failed_id, "--database", url)
     assert code == 2
+
+
+def add_unfinished(url: str, rows: list[tuple[str, str, str]]) -> None:
+    """Record deliveries as a process that died right after recording them leaves them:
+    ``(webhook_id, event_type, payload)``, status received, no outcome."""
+    path = url.removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executemany(
+            "insert into kavach_polar_events (webhook_id, event_type, received_at, payload, "
+            "status, outcome, attempts) values (?, ?, ?, ?, 'received', NULL, 1)",
+            [(wid, kind, f"2026-01-01 00:00:{i:02d}.000000", payload)
+             for i, (wid, kind, payload) in enumerate(rows)],
+        )
+        db.commit()
+
+
+def test_replay_skips_a_subscription_delivery_never_applied(
+    inbox: tuple[str, str, str],
+) -> None:
+    # Applying it here would mark it done without the app's on_subscription_change.
+    url, _, _ = inbox
+    wid = new_id()
+    add_unfinished(url, [(wid, "subscription.active", '{"type":"subscription.active"}')])
+    code, out = run("polar", "events", "replay", wid, "--database", url, env=ENV)
+    assert code == 1
+    assert f"{wid}  skipped: it was never applied" in out and "replay_event" in out
+    _, shown = run("polar", "events", "show", wid, "--no-payload", "--database", url)
+    assert "status:       received" in shown
+
+
+def test_replay_failed_goes_through_more_deliveries_than_one_listing_returns(
+    inbox: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A store answering at most 2 rows per listing stands in for any fixed cap.
+    url, _, failed_id = inbox
+    add_unfinished(url, [(f"order-{i}", "order.paid", '{"type":"order.paid","data":{}}')
+                         for i in range(5)])
+    listing = SqlStore.list_events
+
+    def capped(self: SqlStore, *, status: str | None = None, limit: int = 100,
+               offset: int = 0) -> Sequence[InboxEvent]:
+        return listing(self, status=status, limit=min(limit, 2), offset=offset)
+
+    monkeypatch.setattr(SqlStore, "list_events", capped)
+    code, out = run("polar", "events", "replay", "--failed", "--database", url, env=ENV)
+    assert code == 1  # the failed one still owes its callback
+    assert f"{failed_id}  skipped" in out
+    assert all(f"order-{i}  order.paid" in out for i in range(5)), out
+    assert "replayed 5 of 6 deliveries" in out
+
+
+@pytest.mark.parametrize("scheme", ["sqlite:///", "json://"])
+@pytest.mark.parametrize("action", [("list",), ("show", "some-id")])
+def test_reading_the_inbox_at_a_missing_file_is_an_error_and_creates_nothing(
+    tmp_path: Path, scheme: str, action: tuple[str, ...],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    missing = tmp_path / "mistyped.db"
+    code, _ = run("polar", "events", *action, "--database", f"{scheme}{missing}")
+    assert code == 2
+    assert f"no store at {missing}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

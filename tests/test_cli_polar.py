@@ -31,6 +31,7 @@ from kavach.cli_polar import (
     sample_event,
 )
 from kavach.core import Kavach
+from kavach.errors import ConfigurationError
 from kavach.http.server import make_server
 from kavach.passwords import PasswordHasher
 from kavach.polar.plugin import PolarPlugin, polar
@@ -477,9 +478,29 @@ def test_doctor_fails_without_a_webhook_secret() -> None:
     assert run.check("webhook secret")[0] == "FAIL"
 
 
-def test_doctor_warns_about_an_organization_id_that_is_not_a_uuid() -> None:
+def test_doctor_fails_an_organization_id_that_is_not_a_uuid() -> None:
     run = kavach("polar", "doctor", env={"POLAR_ORGANIZATION_ID": "acme"})
-    assert run.check("organization")[0] == "WARN"
+    assert run.status == 1
+    assert run.check("organization")[0] == "FAIL"
+
+
+ORG = "0e6b1f7c-3c1a-4f0e-9a3d-6b1c2d3e4f50"
+
+
+@pytest.mark.parametrize(
+    "written", [ORG.upper(), ORG.replace("-", ""), "{" + ORG + "}", "urn:uuid:" + ORG]
+)
+def test_doctor_fails_an_organization_id_not_written_as_polar_writes_it(written: str) -> None:
+    # The plugin compares ids as exact strings: any other spelling matches nothing.
+    run = kavach("polar", "doctor", env={"POLAR_ORGANIZATION_ID": written})
+    assert run.status == 1
+    level, message = run.check("organization")
+    assert level == "FAIL" and f"use {ORG}" in message
+
+
+def test_doctor_accepts_an_organization_id_written_as_polar_writes_it() -> None:
+    run = kavach("polar", "doctor", env={"POLAR_ORGANIZATION_ID": ORG})
+    assert run.check("organization")[0] == "OK"
 
 
 # -- doctor: the token against the API -------------------------------------------------------
@@ -669,3 +690,252 @@ def test_doctor_webhook_check_fails_without_a_webhook_secret(
 )
 def test_mask_shows_the_prefix_and_last_four_only_of_long_values(value: str, shown: str) -> None:
     assert mask(value, ("polar_oat_",)) == shown
+
+
+# -- doctor: answers Polar's API would not give, and settings serve would refuse -------------
+
+
+Respond = Callable[[BaseHTTPRequestHandler], None]
+
+
+class ApiStub:
+    """A stand-in API on a free port: ``respond(handler)`` writes each answer to a GET;
+    the headers of every request are kept in ``requests``."""
+
+    def __init__(self, respond: Respond) -> None:
+        self.requests: list[dict[str, str]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                stub.requests.append({k.lower(): v for k, v in self.headers.items()})
+                try:
+                    respond(self)
+                except OSError:  # the client hung up
+                    self.close_connection = True
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)
+
+
+def answer(status: int, body: bytes, content_type: str = "application/json") -> Respond:
+    def respond(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return respond
+
+
+def make_api(request: pytest.FixtureRequest, respond: Respond) -> ApiStub:
+    stub = ApiStub(respond)
+    request.addfinalizer(stub.close)
+    return stub
+
+
+def token_check_on(url: str, *flags: str, **env: str) -> Run:
+    return kavach("polar", "doctor", *flags, env={"POLAR_ACCESS_TOKEN": TOKEN,
+                                                  "POLAR_API_URL": url, **env})
+
+
+def test_doctor_fails_a_token_refused_with_403_not_permitted(
+    request: pytest.FixtureRequest,
+) -> None:
+    # Polar's 403 NotPermitted: the organization lost API access; no call will work.
+    api = make_api(request, answer(403, b'{"error":"NotPermitted","detail":"Not permitted"}'))
+    run = token_check_on(api.url)
+    assert run.status == 1
+    level, message = run.check("token valid")
+    assert level == "FAIL" and "NotPermitted" in message and "lost API access" in message
+
+
+def test_doctor_warns_on_a_403_for_a_missing_scope(request: pytest.FixtureRequest) -> None:
+    api = make_api(request, answer(403, b'{"error":"insufficient_scope"}'))
+    level, message = token_check_on(api.url).check("token valid")
+    assert level == "WARN" and "subscriptions:read" in message
+
+
+def test_doctor_fails_a_2xx_answer_that_is_not_a_polar_list_page(
+    request: pytest.FixtureRequest,
+) -> None:
+    api = make_api(request, answer(200, b"<html>welcome</html>", "text/html"))
+    run = token_check_on(api.url)
+    assert run.status == 1
+    level, message = run.check("token valid")
+    assert level == "FAIL" and "not Polar's API" in message
+
+
+def test_doctor_reads_only_the_start_of_a_huge_token_probe_answer(
+    request: pytest.FixtureRequest,
+) -> None:
+    # Announces 1 GiB, sends 256 KiB and stalls: reading it all would wait for the rest.
+    def huge(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(1 << 30))
+        handler.end_headers()
+        handler.wfile.write(b"x" * (256 * 1024))
+        handler.wfile.flush()
+        time.sleep(3)
+
+    api = make_api(request, huge)
+    level, message = token_check_on(api.url, "--timeout", "1").check("token valid")
+    assert level == "FAIL" and "not Polar's API" in message
+
+
+def test_doctor_does_not_send_the_token_over_plain_http_to_a_remote_host(
+    request: pytest.FixtureRequest,
+) -> None:
+    # "127.1" is 127.0.0.1 to the network but not a loopback address to doctor's rule:
+    # it stands in for a remote host here.
+    api = make_api(request, answer(200, b'{"items":[],"pagination":{}}'))
+    run = token_check_on(f"http://127.1:{api.port}")
+    assert run.status == 1
+    level, message = run.check("token valid")
+    assert level == "FAIL" and "unencrypted" in message
+    assert api.requests == []
+
+
+def test_doctor_fails_a_token_with_typographic_quotes_without_sending_it(
+    request: pytest.FixtureRequest,
+) -> None:
+    api = make_api(request, answer(200, b'{"items":[],"pagination":{}}'))
+    run = token_check_on(api.url, POLAR_ACCESS_TOKEN=f"\u201c{TOKEN}\u201d")
+    assert run.status == 1
+    level, message = run.check("access token")
+    assert level == "FAIL" and "visible ASCII" in message
+    assert api.requests == [] and TOKEN[10:] not in run.out
+
+
+def test_doctor_says_a_sandbox_token_is_used_with_sandbox_off_when_it_lacks_a_scope(
+    request: pytest.FixtureRequest,
+) -> None:
+    production = make_api(request, answer(401, b'{"error":"invalid_token"}'))
+    sandbox = make_api(request, answer(403, b'{"error":"insufficient_scope"}'))
+    run = kavach("polar", "doctor", "--production-api-url", production.url,
+                 "--sandbox-api-url", sandbox.url, env={"POLAR_ACCESS_TOKEN": SANDBOX_TOKEN})
+    level, message = run.check("token valid")
+    assert level == "FAIL" and message.startswith("this is a sandbox token but sandbox is off")
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["whsec_huTZ3n66143aJy0R3tT5lTLvYe4nKAm3dAhu", "whsec_" + "A" * 42 + "==", "whsec_huTZ"],
+)
+def test_doctor_warns_on_a_whsec_secret_cut_short(secret: str) -> None:
+    level, message = kavach("polar", "doctor", env={"POLAR_WEBHOOK_SECRET": secret}).check(
+        "webhook secret"
+    )
+    assert level == "WARN" and "truncated" in message
+
+
+def test_doctor_accepts_an_unpadded_whsec_secret_of_polars_length() -> None:
+    secret = "whsec_huTZ3n66143aJy0R3tT5lTLvYe4nKAm3dAhuZXh7NS6"
+    level, message = kavach("polar", "doctor", env={"POLAR_WEBHOOK_SECRET": secret}).check(
+        "webhook secret"
+    )
+    assert level == "OK" and "both keys" in message
+
+
+def test_doctor_warns_on_a_polar_whs_secret_shorter_than_32_characters() -> None:
+    run = kavach("polar", "doctor", env={"POLAR_WEBHOOK_SECRET": "polar_whs_x"})
+    level, message = run.check("webhook secret")
+    assert level == "WARN" and "only 11 characters" in message
+
+
+def test_doctor_fails_a_webhook_secret_that_is_not_utf8() -> None:
+    # Invalid UTF-8 in the environment reaches Python as lone surrogates.
+    run = kavach("polar", "doctor", env={"POLAR_WEBHOOK_SECRET": "whsec_abc\udcff" + "d" * 40})
+    assert run.status == 1
+    level, message = run.check("webhook secret")
+    assert level == "FAIL" and "UTF-8" in message
+
+
+def test_trigger_refuses_a_webhook_secret_that_is_not_utf8(receiver: Receiver) -> None:
+    run = kavach("polar", "trigger", "order.paid", "--to", receiver.url,
+                 env={"POLAR_WEBHOOK_SECRET": "p" * 40 + "\udcff"})
+    assert run.status == 2 and receiver.received == []
+
+
+def test_serve_refuses_a_webhook_secret_that_is_not_utf8() -> None:
+    env = {"POLAR_ACCESS_TOKEN": TOKEN, "POLAR_WEBHOOK_SECRET": "p" * 40 + "\udcff"}
+    run = kavach("serve", "--database", "memory://", "--port", "0", env=env)
+    assert run.status == 2
+
+
+def test_polar_plugin_refuses_a_webhook_secret_that_is_not_utf8() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        polar(access_token=TOKEN, webhook_secret="p" * 40 + "\udcff")
+    assert raised.value.field == "webhook_secret" and "p" * 40 not in str(raised.value)
+
+
+def test_doctor_webhook_check_fails_an_answer_slower_than_polar_waits(
+    request: pytest.FixtureRequest,
+) -> None:
+    # Polar gives up at 10 s whatever --timeout says; here it "gives up" at 0.1 s.
+    rec = make_receiver(request, delay=0.3)
+    settings = DoctorSettings(token=None, secret="p" * 40, sandbox=None, api_url=None,
+                              organization_id=None, webhook_url=rec.url)
+    with requests.Session() as session:
+        doctor = Doctor(settings, session=session, timeout=30, polar_gives_up_after=0.1)
+        checks = [c for c in doctor.checks() if c.name == "webhook legacy"]
+    assert [c.level for c in checks] == ["FAIL"]
+    assert "Polar gives up after 0.1 s" in checks[0].message
+
+
+@pytest.mark.parametrize("command", ["trigger", "doctor"])
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf"])
+def test_timeout_must_be_a_finite_number_above_zero(command: str, timeout: str) -> None:
+    argv = ["polar", command, "--timeout", timeout]
+    if command == "trigger":
+        argv += ["order.paid", "--to", "http://127.0.0.1:9/", "--secret", "p" * 40]
+    with pytest.raises(SystemExit) as exited:
+        main(argv, environ={}, stdout=io.StringIO())
+    assert exited.value.code == 2
+
+
+class ClosedPipe(io.StringIO):
+    """Standard output whose reader went away (``kavach ... | head -1``)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_main_exits_quietly_with_141_when_stdout_is_closed_early(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["polar", "doctor"], environ={}, stdout=ClosedPipe()) == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_doctor_warns_when_polar_api_url_is_production_but_sandbox_is_on() -> None:
+    run = kavach("polar", "doctor", env={"POLAR_API_URL": "https://api.polar.sh",
+                                         "POLAR_SANDBOX": "1"})
+    level, message = run.check("api url")
+    assert level == "WARN" and "POLAR_SANDBOX=1" in message
+
+
+def test_doctor_warns_when_polar_api_url_is_the_sandbox_but_sandbox_is_off() -> None:
+    run = kavach("polar", "doctor", env={"POLAR_API_URL": "https://sandbox-api.polar.sh",
+                                         "POLAR_SANDBOX": "0"})
+    level, message = run.check("api url")
+    assert level == "WARN" and "POLAR_SANDBOX is off" in message
+
+
+def test_doctor_accepts_the_sandbox_api_url_with_polar_sandbox_unset() -> None:
+    run = kavach("polar", "doctor", env={"POLAR_API_URL": "https://sandbox-api.polar.sh"})
+    assert run.check("api url") == ("OK", "https://sandbox-api.polar.sh (sandbox)")

@@ -49,7 +49,12 @@ from kavach.polar.subscriptions import (
     parse_datetime,
     state_from_payload,
 )
-from kavach.polar.webhooks import DEFAULT_TOLERANCE_SECONDS, WebhookVerifier, parse_json
+from kavach.polar.webhooks import (
+    DEFAULT_TOLERANCE_SECONDS,
+    WebhookVerifier,
+    parse_json,
+    validate_webhook_secret,
+)
 from kavach.records import (
     InboxEvent,
     IngestResult,
@@ -227,7 +232,7 @@ class PolarPlugin:
         webhook_claim_seconds: float = DEFAULT_WEBHOOK_CLAIM_SECONDS,
     ) -> None:
         token = validate_access_token(_validated_secret(access_token, "access_token"))
-        secret = _validated_secret(webhook_secret, "webhook_secret")
+        secret = validate_webhook_secret(webhook_secret)
         if organization_id is not None and (
             not isinstance(organization_id, str) or not organization_id.strip()
         ):

@@ -54,6 +54,28 @@ _LONG_DIGIT_RUN = b"0" * 19
 _HEADER_NAMES = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 
+def validate_webhook_secret(value: object, field: str = "webhook_secret") -> str:
+    """``value`` if it can be a webhook secret; else :class:`ConfigurationError`.
+
+    A non-empty string without leading or trailing whitespace whose characters all encode
+    as UTF-8 (the legacy key is its UTF-8 bytes): an environment variable holding invalid
+    UTF-8 reaches Python as lone surrogates, which no key can be made of. The error never
+    holds the secret.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{field} must be a non-empty string", field=field)
+    if value != value.strip():
+        raise ConfigurationError(f"{field} has leading or trailing whitespace", field=field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            f"{field} is not valid UTF-8 text (undecodable bytes: check how it was pasted)",
+            field=field,
+        ) from None
+    return value
+
+
 def secret_keys(secret: str) -> list[tuple[Derivation, bytes]]:
     """The HMAC keys a secret may sign with, most likely first.
 
