@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import attrs
@@ -37,6 +37,7 @@ from kavach.passwords import PasswordHasher
 from kavach.polar.plugin import PolarPlugin, polar
 from kavach.polar.webhooks import WebhookVerifier, secret_keys
 from kavach.testing import FakePolar
+from tests.local_http import LocalServer
 
 TOKEN = "polar_oat_" + "Q" * 39 + "r2D2"
 SANDBOX_TOKEN = "polar_oat_" + "S" * 39 + "sb01"
@@ -103,17 +104,11 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webhook"
-        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                        daemon=True)
-        self._thread.start()
+        self._http = LocalServer(Handler)
+        self.url = f"{self._http.origin}/webhook"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(5)
+        self._http.close()
 
 
 @pytest.fixture
@@ -717,18 +712,12 @@ class ApiStub:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                        daemon=True)
-        self._thread.start()
+        self._http = LocalServer(Handler)
+        self.port = self._http.port
+        self.url = self._http.origin
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(5)
+        self._http.close()
 
 
 def answer(status: int, body: bytes, content_type: str = "application/json") -> Respond:

@@ -9,7 +9,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -22,6 +22,7 @@ from polar.webhooks import _verify_signature
 from kavach.clock import FrozenClock
 from kavach.polar.webhooks import WebhookVerifier
 from kavach.testing.fake_polar import FakePolar, FakePolarError
+from tests.local_http import LocalServer
 
 JSON = dict[str, Any]
 
@@ -54,16 +55,11 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        self._http = LocalServer(Handler)
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}/hook"
+        return f"{self._http.origin}/hook"
 
     def on_post(self) -> None:
         """Runs for each delivery before it is recorded and answered (a hook: nothing)."""
@@ -82,8 +78,7 @@ class Receiver:
             self.received.clear()
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._http.close()
 
 
 @pytest.fixture
