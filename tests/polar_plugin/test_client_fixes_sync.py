@@ -7,22 +7,16 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import attrs
 import pytest
 import requests
 
-from kavach import Kavach, PasswordHasher, create_kavach
-from kavach.auth import polar
-from kavach.http.server import make_server
-from kavach.polar import PolarPlugin, PolarSubscription
-from kavach.polar.plugin import CheckoutNotFoundError
+from kavach import CheckoutNotFoundError
 from kavach.polar.subscriptions import USER_ID_METADATA_KEY
-from kavach.testing import FakePolar
+from tests.polar_plugin.world import World, open_world
 
 
 class CountingSession(requests.Session):
@@ -37,59 +31,17 @@ class CountingSession(requests.Session):
         return super().request(method, url, *args, **kwargs)
 
 
-@attrs.define
-class World:
-    fake: FakePolar
-    kavach: Kavach
-    plugin: PolarPlugin
-    session: CountingSession
-    calls: list[tuple[str, PolarSubscription]]
-    server_url: str
-
-    def user(self, email: str = "jane@acme.io") -> str:
-        return self.kavach.users.create(email, password="correct horse battery").id
-
-    def existing_customer(self, email: str = "jane@acme.io") -> dict[str, Any]:
-        """A Polar customer made before kavach knew the user: no external id."""
-        customer: dict[str, Any] = self.plugin.client.request(
-            "POST", "/v1/customers/", json={"email": email, "name": "Jane"}
-        )
-        assert customer["external_id"] is None
-        return customer
-
-    def pay(self, user_id: str) -> tuple[str, str]:
-        """Checkout through kavach and pay it (no webhook delivered): (checkout, sub) ids."""
-        checkout = self.plugin.create_checkout(user_id, self.fake.product_id)
-        sub = self.fake.complete_checkout(checkout.id)
-        return checkout.id, str(sub["id"])
-
-    def held(self, user_id: str) -> list[str]:
-        return [s.id for s in self.plugin.list_subscriptions(user_id)]
+@pytest.fixture
+def polar_session() -> Iterator[CountingSession]:
+    """The session kavach's Polar client sends through: tests read what it sent."""
+    with CountingSession() as session:
+        yield session
 
 
 @pytest.fixture
-def world() -> Iterator[World]:
-    calls: list[tuple[str, PolarSubscription]] = []
-    session = CountingSession()
-    with FakePolar() as fake:
-        plugin = polar(
-            access_token="polar_oat_fake",
-            webhook_secret=fake.webhook_secret,
-            base_url=fake.url,
-            session=session,
-            on_subscription_change=lambda u, s: calls.append((u, s)),
-        )
-        kavach = create_kavach("memory://", plugins=[plugin], password_hasher=PasswordHasher.fast())
-        server = make_server(kavach, "127.0.0.1", 0)
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        try:
-            yield World(fake, kavach, plugin, session, calls, server.url)
-        finally:
-            server.shutdown()
-            server.server_close()
-            kavach.close()
-            session.close()
+def world(polar_session: CountingSession) -> Iterator[World]:
+    with open_world(session=polar_session) as world:
+        yield world
 
 
 # --- defect 1: the reused customer ------------------------------------------------------
@@ -280,22 +232,22 @@ def test_portal_session_for_an_unlinked_user_uses_the_external_id(world: World) 
     ],
 )
 def test_a_checkout_id_that_is_not_a_uuid_is_not_found_without_calling_polar(
-    world: World, checkout_id: str
+    world: World, polar_session: CountingSession, checkout_id: str
 ) -> None:
     user = world.user()
-    world.session.sent.clear()
+    polar_session.sent.clear()
     with pytest.raises(CheckoutNotFoundError):
         world.plugin.get_checkout(user, checkout_id)
-    assert world.session.sent == []
+    assert polar_session.sent == []
 
 
 @pytest.mark.parametrize("checkout_id", [".", "not-a-uuid", "%7BCHECKOUT_ID%7D"])
 def test_checkout_route_answers_404_for_an_id_that_is_not_a_uuid(
-    world: World, checkout_id: str
+    world: World, polar_session: CountingSession, checkout_id: str
 ) -> None:
     user = world.user()
     token = world.kavach.sessions.create(user).token
-    world.session.sent.clear()
+    polar_session.sent.clear()
     # http.client sends the path as written (requests would drop a "." segment itself).
     parts = urlsplit(world.server_url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
@@ -311,7 +263,7 @@ def test_checkout_route_answers_404_for_an_id_that_is_not_a_uuid(
         conn.close()
     assert answer.status == 404, body
     assert body["error"] == "not_found"
-    assert world.session.sent == []
+    assert polar_session.sent == []
 
 
 def test_an_uppercase_checkout_id_is_still_looked_up(world: World) -> None:

@@ -3,73 +3,29 @@ cancel, portal and return-from-checkout paths. Real HTTP both ways."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import attrs
 import pytest
 
 from kavach import (
-    Kavach,
+    CheckoutNotFoundError,
     OrganizationMismatchError,
-    PasswordHasher,
     PolarPermissionError,
     PolarValidationError,
+    SubscriptionNotFoundError,
     UserNotFoundError,
     WebhookCallbackError,
-    create_kavach,
 )
-from kavach.auth import polar
-from kavach.http.server import make_server
-from kavach.polar import PolarPlugin, PolarSubscription
-from kavach.polar.plugin import CheckoutNotFoundError, SubscriptionNotFoundError
-from kavach.testing import FakePolar
-
-
-@attrs.define
-class World:
-    fake: FakePolar
-    kavach: Kavach
-    plugin: PolarPlugin
-    calls: list[tuple[str, PolarSubscription]]
-    webhook_url: str
-
-    def user(self, email: str = "jane@acme.io") -> str:
-        return self.kavach.users.create(email, password="correct horse battery").id
-
-    def connect_webhooks(self) -> None:
-        self.fake.add_webhook_endpoint(self.webhook_url)
-
-    def subscribe(self, user_id: str) -> str:
-        checkout = self.plugin.create_checkout(user_id, self.fake.product_id)
-        sub = self.fake.complete_checkout(checkout.id)
-        return str(sub["id"])
+from kavach.polar import PolarSubscription
+from tests.polar_plugin.world import World, open_world
 
 
 @pytest.fixture
 def world() -> Iterator[World]:
-    calls: list[tuple[str, PolarSubscription]] = []
-    with FakePolar() as fake:
-        plugin = polar(
-            access_token="polar_oat_fake",
-            webhook_secret=fake.webhook_secret,
-            base_url=fake.url,
-            on_subscription_change=lambda u, s: calls.append((u, s)),
-        )
-        kavach = create_kavach("memory://", plugins=[plugin],
-                               password_hasher=PasswordHasher.fast())
-        server = make_server(kavach, "127.0.0.1", 0)
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        try:
-            yield World(fake, kavach, plugin, calls,
-                        f"{server.url}/api/kavach/auth/polar/webhook")
-        finally:
-            server.shutdown()
-            server.server_close()
-            kavach.close()
+    with open_world() as world:
+        yield world
 
 
 def test_checkout_carries_user_email_external_id_and_metadata(world: World) -> None:
