@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
 from kavach.cli import CliError, polar_settings
+from kavach.errors import StoreCorruptError
 from kavach.records import INBOX_STATUSES, InboxEvent
 
 if TYPE_CHECKING:
@@ -113,6 +114,36 @@ def _open_existing(args: argparse.Namespace, environ: Mapping[str, str]) -> Stor
     return open_store(url)
 
 
+#: A listed delivery, or the error of a row the store cannot read (written by hand, or
+#: handed back by a driver as another type: a BLOB payload).
+Listed = InboxEvent | StoreCorruptError
+
+
+def _listing(store: Store, status: str | None, limit: int, offset: int) -> list[Listed]:
+    """Deliveries ``offset`` to ``offset + limit`` of the newest-first listing.
+
+    A row the store cannot read makes it refuse the whole listing
+    (``StoreCorruptError``): the page is then read a row at a time, and each unreadable
+    row takes its place as its error, so one bad row hides no other. When the store
+    cannot even count (a JSON file that does not open), the error is the store's and
+    ends the command."""
+    try:
+        return list(store.list_events(status=status, limit=limit, offset=offset))
+    except StoreCorruptError:
+        total = store.count_events(status=status)
+    listed: list[Listed] = []
+    for position in range(offset, min(offset + limit, total)):
+        try:
+            row = store.list_events(status=status, limit=1, offset=position)
+        except StoreCorruptError as exc:
+            listed.append(exc)
+            continue
+        if not row:
+            break
+        listed.append(row[0])
+    return listed
+
+
 def _when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
 
@@ -138,16 +169,21 @@ def run_list(args: argparse.Namespace, environ: Mapping[str, str], stdout: TextI
     status = "failed" if args.failed else args.status
     store = _open_existing(args, environ)
     try:
-        events = store.list_events(status=status, limit=args.limit)
+        events = _listing(store, status, args.limit, 0)
         total = store.count_events(status=status)
     finally:
         store.close()
     print("received  webhook-id  type  status  outcome  attempts  user", file=stdout)
+    unreadable = 0
     for event in events:
-        print(_line(event), file=stdout)
-    print(f"{len(events)} of {total} deliveries" + (f" with status {status}" if status else ""),
-          file=stdout)
-    return 0
+        if isinstance(event, StoreCorruptError):
+            unreadable += 1
+            print(f"-  unreadable row: {event}", file=stdout)
+        else:
+            print(_line(event), file=stdout)
+    print(f"{len(events)} of {total} deliveries" + (f" with status {status}" if status else "")
+          + (f", {unreadable} unreadable" if unreadable else ""), file=stdout)
+    return 1 if unreadable else 0
 
 
 def run_show(args: argparse.Namespace, environ: Mapping[str, str], stdout: TextIO) -> int:
@@ -174,10 +210,13 @@ def run_show(args: argparse.Namespace, environ: Mapping[str, str], stdout: TextI
     for name, value in fields:
         print(f"{name + ':':<14}{value}", file=stdout)
     if not args.no_payload:
-        try:
-            pretty = json.dumps(json.loads(event.payload), indent=2, ensure_ascii=False)
-        except ValueError:
-            pretty = event.payload
+        if not isinstance(event.payload, str):  # a Store of another make handed back bytes
+            pretty = f"(not text: {type(event.payload).__name__})"
+        else:
+            try:
+                pretty = json.dumps(json.loads(event.payload), indent=2, ensure_ascii=False)
+            except ValueError:
+                pretty = event.payload
         print("payload:", file=stdout)
         print(pretty, file=stdout)
     return 0
@@ -218,19 +257,27 @@ def _owes_callback(event: InboxEvent) -> str | None:
     return None
 
 
-def _unfinished(kavach: Kavach) -> Iterator[InboxEvent]:
+def _unfinished(kavach: Kavach) -> Iterator[Listed]:
     """Every unfinished delivery, a page at a time (memory stays bounded).
 
     ``failed`` first: a ``received`` delivery whose replay fails becomes ``failed`` and is
     not met twice. Deliveries still unfinished after their turn stay at the head of the
-    listing, so the next page starts after them.
+    listing, so the next page starts after them. A row the store cannot read comes as its
+    error (see :func:`_listing`), and stays.
     """
+    store = kavach.store
     for status in ("failed", "received"):
         kept = 0
-        while page := kavach.store.list_events(status=status, limit=REPLAY_PAGE, offset=kept):
+        while page := _listing(store, status, REPLAY_PAGE, kept):
             for event in page:
                 yield event
-                after = kavach.store.get_event(event.webhook_id)
+                if isinstance(event, StoreCorruptError):
+                    kept += 1
+                    continue
+                try:
+                    after = store.get_event(event.webhook_id)
+                except StoreCorruptError:
+                    after = event  # unreadable now: it stays in the listing
                 if after is not None and after.status == status:
                     kept += 1
 
@@ -243,21 +290,29 @@ def run_replay(args: argparse.Namespace, environ: Mapping[str, str], stdout: Tex
     its state is applied but the callback never returned (it raised, or the process died in
     it), or when it was never applied at all: it is skipped — replay it from the app with
     ``kavach.plugins.polar.replay_event(id)`` — unless ``--without-callback`` says to finish
-    it anyway. ``--failed`` goes through every unfinished delivery, however many. Exit 1
+    it anyway. ``--failed`` goes through every unfinished delivery, however many; a row
+    the store cannot read is that delivery's error, and the others still replay. Exit 1
     when any was skipped or failed.
     """
     with _kavach_with_polar(args, environ) as kavach:
         if args.failed:
-            events: Iterator[InboxEvent] = _unfinished(kavach)
+            events: Iterator[Listed] = _unfinished(kavach)
         else:
-            event = kavach.store.get_event(args.webhook_id)
+            try:
+                event: Listed | None = kavach.store.get_event(args.webhook_id)
+            except StoreCorruptError as exc:
+                event = exc
             if event is None:
                 raise CliError(f"no delivery with webhook-id {args.webhook_id!r}")
             events = iter([event])
         total = failures = 0
         for event in events:
             total += 1
-            if not _replay_one(kavach, event, args.without_callback, stdout):
+            if isinstance(event, StoreCorruptError):
+                name = "-" if args.failed else args.webhook_id
+                print(f"{name}  error: unreadable row: {event}", file=stdout)
+                failures += 1
+            elif not _replay_one(kavach, event, args.without_callback, stdout):
                 failures += 1
         print(f"replayed {total - failures} of {total} deliveries", file=stdout)
     return 1 if failures else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from kavach.auth import polar
 from kavach.cli import main
 from kavach.polar import sign_webhook
 from kavach.records import InboxEvent
+from kavach.stores.jsonfile import JsonFileStore
 from kavach.stores.sql import SqlStore
 from tests.polar_plugin.conftest import SECRET, START
 from tests.polar_plugin.payloads import new_id
@@ -119,7 +121,7 @@ def test_replay_needs_the_polar_settings(inbox: tuple[str, str, str]) -> None:
     assert code == 2
 
 
-def add_unfinished(url: str, rows: list[tuple[str, str, str]]) -> None:
+def add_unfinished(url: str, rows: list[tuple[str, str, str | bytes]]) -> None:
     """Record deliveries as a process that died right after recording them leaves them:
     ``(webhook_id, event_type, payload)``, status received, no outcome."""
     path = url.removeprefix("sqlite:///")
@@ -179,3 +181,84 @@ def test_reading_the_inbox_at_a_missing_file_is_an_error_and_creates_nothing(
     assert code == 2
     assert f"no store at {missing}" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def add_blob_payload(url: str, webhook_id: str) -> None:
+    """An unfinished delivery whose payload is a BLOB (written by hand, or by a tool that
+    wrote bytes): sqlite3 hands it back as ``bytes``, which the store refuses to read."""
+    add_unfinished(url, [(webhook_id, "order.paid", b'{"type":"order.paid","data":{}}')])
+
+
+def test_replay_failed_reports_an_unreadable_row_and_replays_the_others(
+    inbox: tuple[str, str, str],
+) -> None:
+    url, _, _ = inbox
+    add_unfinished(url, [("order-1", "order.paid", '{"type":"order.paid","data":{}}')])
+    add_blob_payload(url, "blob-1")
+    add_unfinished(url, [("order-2", "order.paid", '{"type":"order.paid","data":{}}')])
+    code, out = run("polar", "events", "replay", "--failed", "--without-callback",
+                    "--database", url, env=ENV)
+    assert code == 1, out
+    assert "error: unreadable row: the InboxEvent row of webhook_id 'blob-1' holds an " \
+        "unreadable 'payload' value (bytes)" in out
+    assert "order-1  order.paid  ignored" in out and "order-2  order.paid  ignored" in out
+    assert "replayed 3 of 4 deliveries" in out  # the failed one, both orders; not the blob
+    _, listing = run("polar", "events", "list", "--status", "received", "--database", url)
+    assert "1 of 1 deliveries with status received, 1 unreadable" in listing
+
+
+def test_replay_of_an_unreadable_row_is_an_error_for_that_delivery(
+    inbox: tuple[str, str, str],
+) -> None:
+    url, _, _ = inbox
+    add_blob_payload(url, "blob-1")
+    code, out = run("polar", "events", "replay", "blob-1", "--database", url, env=ENV)
+    assert code == 1
+    assert "blob-1  error: unreadable row:" in out and "'payload'" in out
+    assert "replayed 0 of 1 deliveries" in out
+
+
+def test_list_marks_an_unreadable_row_and_lists_the_others(
+    inbox: tuple[str, str, str],
+) -> None:
+    url, ok_id, failed_id = inbox
+    add_blob_payload(url, "blob-1")
+    code, out = run("polar", "events", "list", "--database", url)
+    assert code == 1
+    assert ok_id in out and failed_id in out
+    assert "-  unreadable row: the InboxEvent row of webhook_id 'blob-1'" in out
+    assert "3 of 3 deliveries, 1 unreadable" in out
+
+
+def test_show_of_an_unreadable_row_is_an_error_naming_it(
+    inbox: tuple[str, str, str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, _, _ = inbox
+    add_blob_payload(url, "blob-1")
+    code, out = run("polar", "events", "show", "blob-1", "--database", url)
+    assert code == 1 and out == ""
+    err = capsys.readouterr().err
+    assert "StoreCorruptError: the InboxEvent row of webhook_id 'blob-1'" in err
+    assert "Traceback" not in err and "order.paid" not in err  # never the value
+
+
+def test_a_json_store_holding_a_payload_that_is_not_text_is_an_error_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "k.json"
+    store = JsonFileStore(path)
+    store.record_event(InboxEvent(webhook_id="wh1", event_type="order.paid", received_at=START,
+                                  payload="{}"))
+    store.compact()
+    store.close()
+    snapshot = json.loads(path.read_text())
+    snapshot["events"][0]["payload"] = [123]  # written by hand
+    path.write_text(json.dumps(snapshot))
+    for action in (("list",), ("show", "wh1")):
+        code, _ = run("polar", "events", *action, "--database", f"json://{path}")
+        assert code == 1
+        err = capsys.readouterr().err
+        assert "inbox event 'wh1': field 'payload' must be text, not list" in err
+    code, _ = run("polar", "events", "replay", "--failed", "--database", f"json://{path}",
+                  env=ENV)
+    assert code == 1 and "'payload' must be text" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from kavach.errors import (
     OrganizationMismatchError,
     PolarNotFoundError,
     PolarValidationError,
+    StoreCorruptError,
     SubscriptionNotFoundError,
     UserNotFoundError,
     WebhookCallbackError,
@@ -687,11 +688,17 @@ class PolarPlugin:
         For deliveries that did not finish: the callback raised, or the process died. A
         processed delivery is left alone (outcome ``duplicate``). The same rules as a live
         delivery apply: the guarded write, the claim, the callback once per applied change.
-        Raises ``NotFoundError`` for an unknown id.
+        Raises ``NotFoundError`` for an unknown id, ``StoreCorruptError`` for a recorded
+        row that cannot be read (a payload that is not text: written by hand).
         """
         stored = self._store.get_event(webhook_id)
         if stored is None:
             raise NotFoundError(f"no recorded webhook delivery {webhook_id!r}")
+        if not isinstance(stored.payload, str):  # the kavach stores refuse such a row
+            raise StoreCorruptError(
+                f"the recorded payload of {webhook_id!r} is not text "
+                f"({type(stored.payload).__name__})"
+            )
         try:
             envelope = parse_json(stored.payload.encode("utf-8"))
         except WebhookVerificationError:

@@ -178,6 +178,25 @@ _FIELD_SPECS: Mapping[type[Record], tuple[tuple[_PlainSpec, ...], tuple[_Datetim
     MappingProxyType({cls: _field_specs(cls) for cls in RECORD_TYPES})
 )
 
+#: Per record type, its text and integer fields and their type (``str`` or ``int``):
+#: the values a SQL driver hands back as they are, which the SQL store checks on reading
+#: (a BLOB in a text column comes back as ``bytes``).
+PLAIN_FIELD_TYPES: Mapping[type[Record], Mapping[str, type[Any]]] = MappingProxyType(
+    {
+        cls: MappingProxyType(
+            {name: json_type for name, json_type, _, _ in _FIELD_SPECS[cls][0]
+             if json_type is not bool}
+        )
+        for cls in RECORD_TYPES
+    }
+)
+
+#: Per record type, the field that names a record in error messages (never a secret: a
+#: session is named by its user, not its token hash).
+KEY_FIELDS: Mapping[type[Record], str] = MappingProxyType(
+    {cls: key_field for cls, (_, key_field) in _RECORD_NAMES.items()}
+)
+
 _MISSING: Any = object()
 _JSON_TYPE_NAMES_BY_TYPE: Mapping[type[Any], str] = MappingProxyType(
     {str: "text", int: "an integer", bool: "a bool"}

@@ -59,6 +59,15 @@ class Tables:
         self.events: dict[str, InboxEvent] = {}
         # By status. A plain dict: a Counter's += costs twice as much (one per delivery).
         self.event_counts: dict[str, int] = {}
+        #: Users indexed by another key than their normalized email: of two users stored
+        #: under an older rule (schema < 4) that the current one takes for one address,
+        #: the one that lost the key keeps the key the older rule gave it (case folding
+        #: alone), as the SQL store's migration leaves it. The JSON store keeps this in
+        #: its snapshot, so that the decision is made once (:meth:`_decide_email_key`).
+        self.legacy_email_keys: dict[str, str] = {}
+        #: Whether :meth:`_decide_email_key` decided between two users since these tables
+        #: were loaded: the decision is not in the file yet.
+        self.undecided_email_keys = False
 
     # -- reads ----------------------------------------------------------------------
     def user_by_email(self, email: str) -> UserRecord | None:
@@ -316,26 +325,48 @@ class Tables:
         previous = self.users.get(user.id)
         self.users[user.id] = user
         if previous is None or previous.email != user.email:
-            if previous is not None:
-                old_key = normalize_email(previous.email)
-                if self.user_id_by_email.get(old_key) == user.id:
-                    del self.user_id_by_email[old_key]
-            key = normalize_email(user.email)
-            holder = self.user_id_by_email.get(key)
-            if holder is None or holder == user.id:
-                self.user_id_by_email[key] = user.id
-            else:  # two users stored under an older rule (schema < 4): see _keeps_key
-                winner = user.id if _keeps_key(user, self.users.get(holder)) else holder
-                self.user_id_by_email[key] = winner
-                _log.warning(
-                    "users %s and %s have the same normalized email; %s keeps it",
-                    holder, user.id, winner,
-                )
+            self._index_email(previous, user)
         if previous is None or previous.polar_customer_id != user.polar_customer_id:
             if previous is not None and previous.polar_customer_id is not None:
                 self.user_id_by_customer.pop(previous.polar_customer_id, None)
             if user.polar_customer_id is not None:
                 self.user_id_by_customer[user.polar_customer_id] = user.id
+
+    def _index_email(self, previous: UserRecord | None, user: UserRecord) -> None:
+        """Index ``user`` (new, or ``previous`` with another email) by its email's key."""
+        if previous is not None:  # a new email drops a kept legacy key, as in SQL
+            old_key = self.legacy_email_keys.pop(user.id, None)
+            if old_key is None:
+                old_key = normalize_email(previous.email)
+            if self.user_id_by_email.get(old_key) == user.id:
+                del self.user_id_by_email[old_key]
+        else:
+            legacy = self.legacy_email_keys.get(user.id)
+            if legacy is not None:  # lost the key when the store was upgraded: for good
+                self.user_id_by_email.setdefault(legacy, user.id)
+                return
+        key = normalize_email(user.email)
+        holder = self.user_id_by_email.get(key)
+        if holder is None or holder == user.id:
+            self.user_id_by_email[key] = user.id
+        else:  # two users stored under an older rule (schema < 4): see _keeps_key
+            self._decide_email_key(key, user, self.users[holder])
+
+    def _decide_email_key(self, key: str, user: UserRecord, holder: UserRecord) -> None:
+        """Give ``key`` to one of ``user`` and ``holder`` (:func:`_keeps_key`). The other
+        keeps the key the older rule gave it, recorded in :attr:`legacy_email_keys`: the
+        JSON store writes it to its snapshot, so later loads do not decide again."""
+        winner, loser = (user, holder) if _keeps_key(user, holder) else (holder, user)
+        self.user_id_by_email[key] = winner.id
+        legacy = loser.email.strip().casefold()  # the key before schema 4
+        if legacy != key:  # (else the two had one key under the older rule too)
+            self.legacy_email_keys[loser.id] = legacy
+            self.user_id_by_email.setdefault(legacy, loser.id)
+            self.undecided_email_keys = True
+        _log.warning(
+            "users %s and %s have the same normalized email; %s keeps it",
+            holder.id, user.id, winner.id,
+        )
 
     def _put_subscription(self, state: SubscriptionState) -> None:
         previous = self.subscriptions.get(state.id)

@@ -4,7 +4,10 @@ Files, beside each other:
 
 ``<path>``
     The snapshot: readable JSON with ``format``, ``schema_version``, ``generation`` and
-    the lists ``users``, ``sessions``, ``subscriptions`` and ``events`` (one record a line).
+    the lists ``users``, ``sessions``, ``subscriptions`` and ``events`` (one record a line),
+    and, in a store upgraded from before schema 4 that held two users the current email
+    rule takes for one address, ``legacy_email_keys``: the user that lost the key, mapped
+    to the key it keeps (see below).
     It is only ever replaced whole, atomically (temp file, fsync, ``os.replace``, fsync of
     the directory). A snapshot of an older ``schema_version`` is read with the newer
     fields' defaults and rewritten as current when the store opens.
@@ -40,6 +43,12 @@ Crash safety: a torn last journal line (no trailing newline, or not valid JSON) 
 uncommitted write. It is skipped on read and truncated away by the next write; every
 earlier line is kept. An unreadable line *followed by* other lines is corruption and
 raises :class:`~kavach.errors.StoreCorruptError` naming the file and line number.
+
+Two users stored before schema 4 whose emails only the NFKC step of
+:func:`~kavach.stores.base.normalize_email` unifies: the store decides which one keeps the
+key when it first loads them (as the SQL store's migration does), and writes the
+decision to the snapshot at once (``legacy_email_keys``), so it is never made again. A
+user who later takes a key the winner gave up keeps it; the loser does not get it back.
 
 Open the store after forking worker processes (a forked child would share the
 parent's lock file description); the store notices a fork and reopens its files.
@@ -170,8 +179,12 @@ class JsonFileStore(TableStore):
                     # Upgrade: records of older versions read with the new fields' defaults
                     # (version 2 added InboxEvent.claimed_until); mirrors picked by the
                     # relevance rule of version 4 (an ending subscription no longer hides
-                    # a renewing one); rewrite them as current.
+                    # a renewing one); which of two users the NFKC rule of version 4 takes
+                    # for one address keeps the key; rewrite them as current.
                     self._tables.recompute_mirrors()
+                    self._compact()
+                elif self._tables.undecided_email_keys:
+                    # Upgraded before the decision was kept in the file: keep it now.
                     self._compact()
             _fsync_directory(self._directory)
         except BaseException:
@@ -323,7 +336,13 @@ class JsonFileStore(TableStore):
         for name in ("users", "sessions", "subscriptions", "events"):
             if type(data.get(name)) is not list:
                 raise StoreCorruptError(f"{self.path}: {name!r} is not a list of records")
+        legacy_keys = data.get("legacy_email_keys", {})
+        if type(legacy_keys) is not dict or not all(
+            type(key) is str for key in legacy_keys.values()
+        ):
+            raise StoreCorruptError(f"{self.path}: 'legacy_email_keys' is not an object of text")
         tables = Tables()
+        tables.legacy_email_keys.update(legacy_keys)  # before the users: they are indexed so
         try:
             tables.apply(
                 Change(
@@ -380,11 +399,13 @@ class JsonFileStore(TableStore):
     # -- writing --------------------------------------------------------------------------
     def _commit(self, change: Change) -> None:
         """Append ``change`` to the journal, fsync, then apply it (exclusive lock held)."""
-        if self._journal_stale:
+        if self._journal_stale or self._tables.undecided_email_keys:
             # The journal's lines are in the snapshot (a compaction stopped before it
             # emptied the journal), but other processes may have read them: emptying
             # it alone would leave their read positions pointing into what is appended
             # next. Compacting replaces the snapshot first, which makes them all reload.
+            # (Or a snapshot written without legacy_email_keys was reloaded: keep the
+            # decision made on loading it, before this change can depend on it.)
             self._compact()
         line = _encode_change(change, self._generation)
         fd = self._journal_fd
@@ -437,6 +458,7 @@ class JsonFileStore(TableStore):
         self._hold_snapshot(fd, snapshot_id)
         self._generation = generation
         self._schema_version = SCHEMA_VERSION
+        self._tables.undecided_email_keys = False  # written with the rest
 
     def _snapshot_bytes(self, generation: int) -> bytes:
         tables = self._tables
@@ -453,5 +475,8 @@ class JsonFileStore(TableStore):
         for name, records in sections:
             rows = ",\n".join(json.dumps(to_json(r), ensure_ascii=False) for r in records)
             parts.append(f',\n"{name}": [\n{rows}\n]' if rows else f',\n"{name}": []')
+        if tables.legacy_email_keys:
+            legacy = json.dumps(tables.legacy_email_keys, ensure_ascii=False, sort_keys=True)
+            parts.append(f',\n"legacy_email_keys": {legacy}')
         parts.append("\n}\n")
         return "".join(parts).encode()

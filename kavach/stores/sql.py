@@ -123,6 +123,8 @@ from kavach.stores._codec import (
     BOOL_FIELDS,
     DATETIME_FIELDS,
     FIELD_NAMES,
+    KEY_FIELDS,
+    PLAIN_FIELD_TYPES,
     as_utc,
     utc_record,
 )
@@ -218,25 +220,51 @@ class _RowCodec(Generic[R]):
             for i, name in enumerate(self.columns)
             if name in datetimes or name in bools
         )
+        # The text and integer columns, which come back as they are, with their type: a
+        # value of another type (a BLOB in a text column is ``bytes``) is refused.
+        plain = PLAIN_FIELD_TYPES[cls]
+        self._typed: tuple[tuple[int, type[Any]], ...] = tuple(
+            (i, plain[name]) for i, name in enumerate(self.columns) if name in plain
+        )
+        self._key_position = self.columns.index(KEY_FIELDS[cls])
 
     def decode(self, row: Sequence[Any]) -> R:
-        """The record a ``SELECT`` of :attr:`columns` returned."""
+        """The record a ``SELECT`` of :attr:`columns` returned.
+
+        A value kavach cannot read back as its field's type (written by something else
+        than kavach, or by hand: a BLOB payload, a time that is not one) raises
+        ``StoreCorruptError`` naming the record and the column, never the value."""
         values = list(row)
+        if len(values) != len(self.columns):
+            raise StoreCorruptError(f"a {self.cls.__name__} row has {len(values)} columns")
+        for i, expected in self._typed:
+            value = values[i]
+            if type(value) is not expected and value is not None:
+                raise self._unreadable(values, i)
         for i, convert in self._decoders:
             if values[i] is not None:
                 try:
                     values[i] = convert(values[i])
                 except (ValueError, TypeError, OverflowError):
-                    # Written by something else than kavach (or by hand): say which
-                    # column, never the value (it may be a hash or a token's).
-                    raise StoreCorruptError(
-                        f"a {self.cls.__name__} row holds an unreadable {self.columns[i]!r} "
-                        f"value ({type(values[i]).__name__})"
-                    ) from None
-        if len(values) != len(self.columns):
-            raise StoreCorruptError(f"a {self.cls.__name__} row has {len(values)} columns")
+                    raise self._unreadable(values, i) from None
         record: R = self.cls(*values)
         return record
+
+    def _unreadable(self, values: Sequence[Any], position: int) -> StoreCorruptError:
+        """The error for column ``position`` of a row: its record type, the row's key
+        (a session's user, not its token hash) and the column, never the value (it may be
+        a hash or a token's)."""
+        key_field = KEY_FIELDS[self.cls]
+        key = values[self._key_position]
+        row = (
+            f"a {self.cls.__name__} row"
+            if position == self._key_position or type(key) is not str
+            else f"the {self.cls.__name__} row of {key_field} {key!r}"
+        )
+        return StoreCorruptError(
+            f"{row} holds an unreadable {self.columns[position]!r} value "
+            f"({type(values[position]).__name__})"
+        )
 
     def value(self, name: str, value: Any) -> Any:
         """One field's value as a query parameter."""

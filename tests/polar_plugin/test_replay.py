@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kavach import NotFoundError, WebhookCallbackError
-from tests.polar_plugin.conftest import PolarHarness
+from kavach import NotFoundError, StoreCorruptError, WebhookCallbackError, create_kavach
+from kavach.auth import polar
+from kavach.records import InboxEvent
+from tests.polar_plugin.conftest import SECRET, START, PolarHarness
 from tests.polar_plugin.payloads import new_id
 from tests.polar_plugin.test_webhook_handling import make_user, sub_body
 
@@ -35,3 +37,16 @@ def test_replay_of_a_processed_delivery_is_a_duplicate(harness: PolarHarness) ->
 def test_replay_of_an_unknown_id(harness: PolarHarness) -> None:
     with pytest.raises(NotFoundError):
         harness.plugin.replay_event("no-such-delivery")
+
+
+def test_replay_of_a_payload_that_is_not_text_is_a_store_error() -> None:
+    # A Store that hands back what it was given (the memory store) or a driver's bytes:
+    # an error naming the delivery, not an AttributeError.
+    plugin = polar("polar_oat_test_token", SECRET, base_url="http://127.0.0.1:9")
+    with create_kavach("memory://", plugins=[plugin]) as kavach:
+        kavach.store.record_event(InboxEvent(
+            webhook_id="wh1", event_type="order.paid", received_at=START,
+            payload=b'{"type": "order.paid", "data": {}}',  # type: ignore[arg-type]
+        ))
+        with pytest.raises(StoreCorruptError, match=r"payload of 'wh1' is not text \(bytes\)"):
+            plugin.replay_event("wh1")

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from kavach.errors import StoreCorruptError
 from kavach.stores import _tables
+from kavach.stores.base import SCHEMA_VERSION
 from kavach.stores.jsonfile import JsonFileStore
 
 from .factories import T0, state, user, write_by_the_schema_3_relevance_rule
@@ -68,6 +70,123 @@ def test_which_of_two_colliding_users_keeps_the_key_does_not_depend_on_load_orde
     first.compact()
     found = open_json().get_user_by_email("jos\u00e9@example.com")
     assert found is not None and found.id == "wide"
+
+
+def two_users_nfkc_takes_for_one_address(
+    path: Path, open_json: Callable[..., JsonFileStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A schema 3 store holding ``wide`` (fullwidth, older: it keeps the key) and ``nfd``
+    (decomposed: it loses it). Neither address is in normalized form."""
+    with monkeypatch.context() as patch:
+        patch.setattr(_tables, "normalize_email", lambda e: e.strip().casefold())
+        old = open_json()
+        old.create_user(user("wide", email="\uff4aos\u00e9@example.com", created_at=T0))
+        old.create_user(user("nfd", email="jose\u0301@example.com",
+                             created_at=T0 + timedelta(days=1)))
+        as_schema_3(path, old)
+
+
+def test_a_user_who_takes_the_key_the_winner_gave_up_keeps_it_at_every_later_load(
+    path: Path, open_json: Callable[..., JsonFileStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    two_users_nfkc_takes_for_one_address(path, open_json, monkeypatch)
+    store = open_json()
+    store.update_user("wide", email="wide@example.com")  # gives the key up
+    # Signs up later, under an address not in normalized form either: were the two
+    # users decided again (the older one keeps the key), nfd would take it back.
+    store.create_user(user("new", email="JOSE\u0301@example.com",
+                           created_at=T0 + timedelta(days=2)))
+    for reader in (store, open_json()):  # a second store reads the journal
+        found = reader.get_user_by_email("jos\u00e9@example.com")
+        assert found is not None and found.id == "new"
+    store.compact()
+    found = open_json().get_user_by_email("jos\u00e9@example.com")
+    assert found is not None and found.id == "new"
+
+
+def test_the_user_that_lost_the_key_does_not_get_it_back_at_a_later_load(
+    path: Path, open_json: Callable[..., JsonFileStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on SQL, where it keeps its old key for good: it is no longer found by email,
+    # and the address is free once its holder leaves it.
+    two_users_nfkc_takes_for_one_address(path, open_json, monkeypatch)
+    first = open_json()
+    first.update_user("wide", email="wide@example.com")
+    first.compact()  # the next load reads both users from the snapshot
+    store = open_json()
+    assert store.get_user_by_email("jose\u0301@example.com") is None
+    created = store.create_user(user("new", email="jos\u00e9@example.com"))
+    found = open_json().get_user_by_email("JOSE\u0301@example.com")
+    assert found is not None and found.id == created.id
+    # nfd changes email: it takes a key of its own (and its old one is dropped).
+    store.update_user("nfd", email="nfd@example.com")
+    found = open_json().get_user_by_email("NFD@example.com")
+    assert found is not None and found.id == "nfd"
+
+
+def test_the_upgrade_writes_the_decision_to_the_snapshot(
+    path: Path, open_json: Callable[..., JsonFileStore], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    two_users_nfkc_takes_for_one_address(path, open_json, monkeypatch)
+    with caplog.at_level("WARNING", logger="kavach.stores"):
+        open_json()
+    assert "wide keeps it" in caplog.text
+    snapshot = json.loads(path.read_text())
+    assert snapshot["schema_version"] == SCHEMA_VERSION
+    assert snapshot["legacy_email_keys"] == {"nfd": "jose\u0301@example.com"}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kavach.stores"):
+        open_json()
+    assert "same normalized email" not in caplog.text  # decided once, not at each load
+
+
+def test_a_current_snapshot_without_the_decision_gets_it_when_the_store_opens(
+    path: Path, open_json: Callable[..., JsonFileStore], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Upgraded by a kavach that decided at each load and kept nothing.
+    two_users_nfkc_takes_for_one_address(path, open_json, monkeypatch)
+    open_json().close()
+    snapshot = json.loads(path.read_text())
+    del snapshot["legacy_email_keys"]
+    path.write_text(json.dumps(snapshot))
+    store = open_json()
+    assert json.loads(path.read_text())["legacy_email_keys"] == {
+        "nfd": "jose\u0301@example.com"
+    }
+    store.update_user("wide", email="wide@example.com")
+    store.create_user(user("new", email="JOSE\u0301@example.com",
+                           created_at=T0 + timedelta(days=2)))
+    found = open_json().get_user_by_email("jos\u00e9@example.com")
+    assert found is not None and found.id == "new"
+
+
+def test_a_write_after_reloading_a_snapshot_without_the_decision_keeps_it(
+    path: Path, open_json: Callable[..., JsonFileStore], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another process, of a kavach that kept no decision, rewrote the snapshot.
+    two_users_nfkc_takes_for_one_address(path, open_json, monkeypatch)
+    store = open_json()
+    snapshot = json.loads(path.read_text())
+    del snapshot["legacy_email_keys"]
+    path.write_text(json.dumps(snapshot))
+    store.create_user(user("other"))  # reloads, decides, and writes the decision first
+    assert json.loads(path.read_text())["legacy_email_keys"] == {
+        "nfd": "jose\u0301@example.com"
+    }
+    assert open_json().get_user("other") is not None
+
+
+@pytest.mark.parametrize("value", [["jose@example.com"], {"nfd": 5}], ids=["list", "number"])
+def test_malformed_legacy_email_keys_are_store_corrupt(
+    path: Path, open_json: Callable[..., JsonFileStore], value: object
+) -> None:
+    open_json().close()
+    snapshot = json.loads(path.read_text())
+    snapshot["legacy_email_keys"] = value
+    path.write_text(json.dumps(snapshot))
+    with pytest.raises(StoreCorruptError, match="legacy_email_keys"):
+        open_json()
 
 
 def test_the_upgrade_recomputes_mirrors_by_the_new_relevance_rule(

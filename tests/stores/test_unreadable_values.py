@@ -4,7 +4,10 @@
   bits, a lone surrogate) is a ``StoreError`` naming the store, not a raw ``ValueError``
   or ``OverflowError`` (an HTTP 500 with no clue).
 * A row written by something else than kavach, with a value kavach cannot read back, is
-  a ``StoreCorruptError`` naming the record type and the column, never the value.
+  a ``StoreCorruptError`` naming the record type, the row's key (never a token hash) and
+  the column, never the value: a time that is not one, and a value of another type than
+  the column's (a BLOB payload, which the driver hands back as ``bytes``/``memoryview``).
+  The JSON store refuses such a record when it opens (``test_jsonfile_recovery.py``).
 * ``kavach.users`` answers a lookup by an email no store could hold (NUL, a lone
   surrogate) as unknown, and refuses a name with a NUL, on every store alike.
 """
@@ -23,7 +26,7 @@ from kavach.stores import open_store
 from kavach.stores.sql import SqlStore
 
 from .conftest import SqlServer
-from .factories import state, user
+from .factories import event, session, state, user
 
 
 @pytest.fixture
@@ -94,6 +97,84 @@ def test_an_unreadable_subscription_time_is_store_corrupt(tmp_path: Path) -> Non
     with pytest.raises(StoreCorruptError, match="current_period_end"):
         store.list_subscriptions("u1")
     store.close()
+
+
+def test_a_blob_payload_is_store_corrupt_naming_the_delivery(tmp_path: Path) -> None:
+    path = tmp_path / "k.db"
+    store = SqlStore.from_url(f"sqlite:///{path}")
+    for webhook_id in ("wh1", "wh2"):
+        store.record_event(event(webhook_id))
+    with sqlite3.connect(path) as db:  # a BLOB: sqlite3 hands it back as bytes
+        db.execute("UPDATE kavach_polar_events SET payload = CAST(payload AS BLOB) "
+                   "WHERE webhook_id = 'wh2'")
+    expected = r"InboxEvent row of webhook_id 'wh2' holds an unreadable 'payload' value \(bytes\)"
+    with pytest.raises(StoreCorruptError, match=expected) as caught:
+        store.get_event("wh2")
+    assert "subscription.updated" not in str(caught.value)  # never the value
+    with pytest.raises(StoreCorruptError, match=expected):
+        store.list_events()
+    readable = store.get_event("wh1")
+    assert readable is not None and readable.payload == event("wh1").payload
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "value", "read", "named"),
+    [
+        ("kavach_users", "email", b"u1@example.com", "get_user", "UserRecord row of id 'u1'"),
+        ("kavach_sessions", "user_id", b"u1", "get_session",
+         "a SessionRecord row holds"),  # a session is named by its user: unreadable here
+        ("kavach_polar_subscriptions", "version", "seven", "get_subscription",
+         "SubscriptionState row of id 'sub1'"),
+        ("kavach_polar_events", "attempts", 1.5, "get_event",
+         "InboxEvent row of webhook_id 'wh1'"),
+    ],
+    ids=["blob-email", "blob-session-user", "text-version", "real-attempts"],
+)
+def test_a_value_of_another_type_than_its_column_is_store_corrupt(
+    tmp_path: Path, table: str, column: str, value: object, read: str, named: str
+) -> None:
+    path = tmp_path / "k.db"
+    store = SqlStore.from_url(f"sqlite:///{path}")
+    store.create_user(user("u1"))
+    store.create_session(session("tokenhash1"))
+    store.apply_subscription(state("sub1"))
+    store.record_event(event("wh1"))
+    with sqlite3.connect(path) as db:
+        db.execute(f"UPDATE {table} SET {column} = ?", (value,))
+    keys = {"get_user": "u1", "get_session": "tokenhash1", "get_subscription": "sub1"}
+    key = keys.get(read, "wh1")
+    with pytest.raises(StoreCorruptError, match=f"{named}.*'{column}'") as caught:
+        getattr(store, read)(key)
+    assert "tokenhash1" not in str(caught.value)  # never a token hash
+    store.close()
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_a_payload_the_driver_hands_back_as_bytes_is_store_corrupt(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    # The payload column turned binary (bytea / LONGBLOB): psycopg2 hands back a
+    # memoryview, PyMySQL bytes.
+    server: SqlServer = request.getfixturevalue(f"{kind}_server")
+    server.empty_tables()
+    store = SqlStore.from_url(server.url)
+    binary, text = (
+        ("TYPE bytea USING convert_to(payload, 'UTF8')",
+         "TYPE text USING convert_from(payload, 'UTF8')")
+        if kind == "postgres" else ("LONGBLOB NOT NULL", "LONGTEXT NOT NULL")
+    )
+    alter = "ALTER COLUMN payload" if kind == "postgres" else "MODIFY payload"
+    try:
+        store.record_event(event("wh1"))
+        store.close()  # no pooled connection holds the old column type
+        server.query(f"ALTER TABLE kavach_polar_events {alter} {binary}")
+        store = SqlStore.from_url(server.url)
+        with pytest.raises(StoreCorruptError, match=r"webhook_id 'wh1' .* 'payload'"):
+            store.get_event("wh1")
+    finally:
+        store.close()
+        server.query(f"ALTER TABLE kavach_polar_events {alter} {text}")
 
 
 def test_users_answer_alike_on_every_sql_store(sql_url: str) -> None:
