@@ -23,7 +23,7 @@ import getpass
 import logging
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import attrs
 
@@ -358,6 +358,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: ``kavach``'s exit status when standard output was closed early (128 + SIGPIPE).
 EXIT_BROKEN_PIPE = 141
+#: ``kavach``'s exit status when writing standard output failed otherwise (a full disk,
+#: an I/O error): ``EX_IOERR`` of ``sysexits.h``.
+EXIT_OUTPUT_ERROR = 74
+
+
+class OutputError(Exception):
+    """Writing standard output failed, other than by a closed pipe."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(cause.strerror or str(cause) or type(cause).__name__)
+        self.cause = cause
+
+
+class _Output:
+    """Standard output as the commands see it: an ``OSError`` writing it becomes an
+    :class:`OutputError` (a closed pipe stays a ``BrokenPipeError``), so :func:`main`
+    tells it from an ``OSError`` of anything else."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(exc) from exc
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(exc) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _run(args: argparse.Namespace, env: Mapping[str, str], stdin: TextIO, stdout: TextIO) -> int:
@@ -373,8 +412,9 @@ def _run(args: argparse.Namespace, env: Mapping[str, str], stdin: TextIO, stdout
 
 
 def _silence(stream: TextIO) -> None:
-    """After a broken pipe: point ``stream``'s descriptor at /dev/null, so the flush at
-    interpreter exit does not fail again (the recipe of Python's ``signal`` docs)."""
+    """After a broken pipe or a failed write: point ``stream``'s descriptor at /dev/null,
+    so the flush at interpreter exit does not fail again (the recipe of Python's
+    ``signal`` docs)."""
     import os
 
     try:
@@ -388,6 +428,11 @@ def _silence(stream: TextIO) -> None:
         os.close(devnull)
 
 
+def _error(message: str) -> None:
+    with contextlib.suppress(OSError):  # stderr may be broken too: the status still tells
+        print(f"kavach: error: {message}", file=sys.stderr)
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -398,7 +443,8 @@ def main(
     """Run the ``kavach`` command; returns the exit status.
 
     Exit statuses: 0 success; 1 a check or delivery failed, or a ``KavachError``; 2 a
-    usage or configuration error; 130 interrupted; 141 standard output was closed early
+    usage or configuration error; 74 writing standard output failed (a full disk, an I/O
+    error; one line on stderr); 130 interrupted; 141 standard output was closed early
     (``kavach ... | head``: the rest of the output is dropped quietly, as with SIGPIPE).
     """
     import os
@@ -406,18 +452,23 @@ def main(
     args = build_parser().parse_args(argv)
     env = os.environ if environ is None else environ
     out = stdout or sys.stdout
+    guarded = cast(TextIO, _Output(out))
     try:
-        status = _run(args, env, stdin or sys.stdin, out)
-        out.flush()  # a closed pipe shows here, not at exit
+        status = _run(args, env, stdin or sys.stdin, guarded)
+        guarded.flush()  # a closed pipe or a full disk shows here, not at exit
         return status
     except BrokenPipeError:
         _silence(out)
         return EXIT_BROKEN_PIPE
+    except OutputError as exc:
+        _silence(out)  # what is still buffered would fail again at exit
+        _error(f"cannot write standard output: {exc}")
+        return EXIT_OUTPUT_ERROR
     except (CliError, ConfigurationError) as exc:
-        print(f"kavach: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except KavachError as exc:
-        print(f"kavach: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _error(f"{type(exc).__name__}: {exc}")
         return 1
     except KeyboardInterrupt:  # before the server ran (serve() itself exits cleanly)
         return 130

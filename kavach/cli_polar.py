@@ -23,7 +23,6 @@ import argparse
 import ipaddress
 import json
 import math
-import time
 import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -202,56 +201,44 @@ def deliver(
     timeout: float = DELIVERY_TIMEOUT,
     session: requests.Session | None = None,
 ) -> DeliveryResult:
-    """POST ``body`` to ``url`` as Polar does: redirects not followed, ``timeout`` seconds
-    to connect and to answer. Never raises for network failures: see ``error``."""
-    import requests  # here, not at the top: ``kavach --help`` need not load it
+    """POST ``body`` to ``url`` as Polar does: redirects not followed, ``timeout``
+    seconds for the whole exchange (connect, answer and body; see
+    :mod:`kavach.cli_http`). Never raises for network failures: see ``error``."""
+    from kavach.cli_http import exchange  # it loads requests: ``kavach --help`` need not
 
-    http = session or requests.Session()
-    start = time.perf_counter()
+    http = session or _new_session()
     try:
-        with http.post(
-            url,
-            data=body,
-            headers={"user-agent": USER_AGENT, **headers},
-            timeout=timeout,
-            allow_redirects=False,
-            stream=True,
-        ) as response:
-            content = response.raw.read(_READ_LIMIT, decode_content=True)
-            seconds = time.perf_counter() - start
-            return DeliveryResult(
-                status_code=response.status_code,
-                reason=response.reason or "",
-                seconds=seconds,
-                preview=_preview(content),
-                location=response.headers.get("location"),
-            )
-    except requests.Timeout:
-        return DeliveryResult(
-            None, "", time.perf_counter() - start, "",
-            error=f"no answer within {timeout:g} s", timed_out=True,
-        )
-    except requests.RequestException as exc:
-        return DeliveryResult(
-            None, "", time.perf_counter() - start, "", error=_network_error(exc)
+        answer = exchange(
+            lambda: http.post(
+                url,
+                data=body,
+                headers={"user-agent": USER_AGENT, **headers},
+                timeout=timeout,
+                allow_redirects=False,
+                stream=True,
+            ),
+            url, timeout=timeout, limit=_READ_LIMIT,
         )
     finally:
         if session is None:
             http.close()
+    if answer.status_code is None:
+        return DeliveryResult(None, "", answer.seconds, "", error=answer.error,
+                              timed_out=answer.timed_out)
+    return DeliveryResult(
+        status_code=answer.status_code,
+        reason=answer.reason,
+        seconds=answer.seconds,
+        preview=_preview(answer.content),
+        location=answer.headers.get("location"),
+    )
 
 
 def _new_session() -> requests.Session:
-    import requests
+    """A session whose exchanges each keep to one deadline (:mod:`kavach.cli_http`)."""
+    from kavach.cli_http import new_session
 
-    return requests.Session()
-
-
-def _network_error(exc: requests.RequestException) -> str:
-    import requests
-
-    if isinstance(exc, requests.ConnectionError):
-        return "connection failed (refused, unreachable or DNS)"
-    return type(exc).__name__
+    return new_session()
 
 
 def _is_http_url(url: str) -> bool:
@@ -454,7 +441,8 @@ def add_trigger_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     trigger.add_argument(
         "--timeout", type=positive_seconds, default=DELIVERY_TIMEOUT,
-        help=f"seconds to wait for the answer (default {DELIVERY_TIMEOUT:g}, Polar's)",
+        help=f"seconds for the whole exchange, the answer included (default "
+        f"{DELIVERY_TIMEOUT:g}, Polar's)",
     )
     trigger.set_defaults(run=run_trigger)
 
@@ -565,6 +553,8 @@ class _Probe:
     retry_after: str | None = None
     #: The body was a JSON object with ``items`` and ``pagination``: Polar's list page.
     list_page: bool = False
+    #: No complete answer within the timeout (``error`` says so).
+    timed_out: bool = False
 
 
 def _has_wrapping(value: str) -> bool:
@@ -590,7 +580,8 @@ def _is_local_host(host: str) -> bool:
 class Doctor:
     """Runs the checks for one :class:`DoctorSettings`; :meth:`checks` yields findings.
 
-    ``timeout`` bounds each request (Polar's 10 s by default); ``slow_after`` is the
+    ``timeout`` bounds each exchange as a whole, connect to the last byte read (Polar's
+    10 s by default; see :mod:`kavach.cli_http`); ``slow_after`` is the
     answer time above which a webhook answer is a warning (Polar recommends 2 s).
     """
 
@@ -722,33 +713,31 @@ class Doctor:
 
     # -- the token against the API --------------------------------------------------
     def _probe(self, base_url: str) -> _Probe:
-        import requests
-        import urllib3
+        from kavach.cli_http import exchange
 
         token = self.settings.token or ""
-        start = time.perf_counter()
-        try:
-            with self.session.get(
-                base_url.rstrip("/") + "/v1/subscriptions/",
+        url = base_url.rstrip("/") + "/v1/subscriptions/"
+        answer = exchange(
+            lambda: self.session.get(
+                url,
                 params={"limit": "1"},
                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json",
                          "User-Agent": "kavach-doctor"},
                 timeout=self.timeout,
                 allow_redirects=False,
                 stream=True,
-            ) as response:
-                # At most 64 KiB: a Polar list page of one item is a few KiB.
-                content = response.raw.read(_READ_LIMIT, decode_content=True)
-        except requests.RequestException as exc:
-            return _Probe(None, time.perf_counter() - start, error=_network_error(exc))
-        except (urllib3.exceptions.HTTPError, OSError) as exc:  # reading the body failed
-            return _Probe(None, time.perf_counter() - start,
-                          error=f"the answer broke off ({type(exc).__name__})")
-        seconds = time.perf_counter() - start
+            ),
+            base_url,
+            timeout=self.timeout,
+            limit=_READ_LIMIT,  # a Polar list page of one item is a few KiB
+            hide=(token, token.strip()),
+        )
+        if answer.status_code is None:
+            return _Probe(None, answer.seconds, error=answer.error, timed_out=answer.timed_out)
         code: str | None = None
         list_page = False
         try:
-            body = json.loads(content)
+            body = json.loads(answer.content)
         except ValueError:
             body = None
         if isinstance(body, dict):
@@ -756,10 +745,10 @@ class Doctor:
                 code = body["error"]
             list_page = "items" in body and "pagination" in body
         return _Probe(
-            response.status_code, seconds, error_code=code,
-            sandbox_header=response.headers.get("x-polar-sandbox") == "1",
-            location=response.headers.get("location"),
-            retry_after=response.headers.get("retry-after"),
+            answer.status_code, answer.seconds, error_code=code,
+            sandbox_header=answer.headers.get("x-polar-sandbox") == "1",
+            location=answer.headers.get("location"),
+            retry_after=answer.headers.get("retry-after"),
             list_page=list_page,
         )
 
@@ -767,7 +756,8 @@ class Doctor:
         probe = self._probe(url)
         took = f"{probe.seconds * 1000:.0f} ms"
         if probe.status_code is None:
-            return Check("FAIL", "token valid", f"cannot reach {url}: {probe.error}")
+            where = f"{url}: " if probe.timed_out else ""  # the other errors name it
+            return Check("FAIL", "token valid", f"{where}{probe.error or 'no answer'}")
         status = probe.status_code
         if 200 <= status < 300:
             if not probe.list_page:
@@ -931,11 +921,11 @@ class Doctor:
         result = deliver(url, body, headers, timeout=self.timeout, session=self.session)
         took = f"{result.seconds * 1000:.0f} ms"
         if result.timed_out:
-            return Check("FAIL", name, f"no answer within {self.timeout:g} s: Polar gives up "
+            return Check("FAIL", name, f"{result.error}: Polar gives up "
                          f"after {DELIVERY_TIMEOUT:g} s and retries (answer within "
                          f"{RECOMMENDED_ANSWER_SECONDS:g} s)")
-        if result.status_code is None:
-            return Check("FAIL", name, f"{url}: {result.error}")
+        if result.status_code is None:  # the error names the URL
+            return Check("FAIL", name, result.error or "no answer")
         status = result.status_code
         if 300 <= status < 400:
             return Check("FAIL", name, f"answered {status} -> {result.location}: Polar does "
@@ -972,7 +962,8 @@ def add_doctor_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     doctor.add_argument(
         "--timeout", type=positive_seconds, default=DELIVERY_TIMEOUT,
-        help=f"seconds per request (default {DELIVERY_TIMEOUT:g}, Polar's delivery timeout)",
+        help=f"seconds for each request, its answer included (default {DELIVERY_TIMEOUT:g}, "
+        "Polar's delivery timeout)",
     )
     # Polar's two hosts, replaceable for tests (two FakePolar instances).
     doctor.add_argument("--production-api-url", default=PRODUCTION_API_URL,
