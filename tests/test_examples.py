@@ -41,6 +41,13 @@ def test_flask_app_shows_the_signed_in_users_plan() -> None:
     assert "page: 200 <h1>Hello Jane</h1><p>Plan: Free plan</p>" in out
 
 
+def test_django_app_shows_the_signed_in_users_plan_and_keeps_djangos_csrf() -> None:
+    out = run_example("django_app.py", "--smoke").stdout
+    assert "sign-up: 200" in out
+    assert "page: 200 <h1>Hello Jane</h1><p>Plan: Free plan</p>" in out
+    assert "POST / without a CSRF token: 403" in out
+
+
 def test_dev_server_prints_its_url_and_answers() -> None:
     out = run_example("dev_server.py", "--port", "0", "--smoke").stdout
     assert re.search(r"kavach dev server on http://127\.0\.0\.1:\d+/api/kavach", out)
