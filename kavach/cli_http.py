@@ -48,6 +48,7 @@ __all__ = [
     "exchange",
     "new_session",
     "read_body",
+    "without",
 ]
 
 #: The running exchange's deadline, for the connections it opens (same thread).
@@ -171,6 +172,9 @@ def read_body(response: requests.Response, limit: int, running: Deadline) -> byt
         if running.expired:  # the watch cut the connection: what came is not the end
             raise DeadlineExceeded
         if not chunk:
+            missing = getattr(raw, "length_remaining", None)
+            if missing:  # urllib3 1.26 (which requests allows) does not check it itself
+                raise urllib3.exceptions.ProtocolError(f"the body ended {missing} bytes short")
             break
         parts.append(chunk)
         size += len(chunk)
@@ -209,12 +213,29 @@ class _WatchedHTTPSConnection(HTTPSConnection):
         return _connect_within(self, super()._new_conn)
 
 
+def _watch_kept(connection: Any) -> Any:
+    """A kept-alive connection taken from the pool for the running exchange: it was
+    connected (and watched) by an earlier one, so watch its socket now, or the request
+    and the headers of this exchange would be bounded by each read's timeout only."""
+    running = _CURRENT.get()
+    sock = getattr(connection, "sock", None)
+    if running is not None and isinstance(sock, socket.socket):
+        running.watch(sock)
+    return connection
+
+
 class _WatchedHTTPPool(HTTPConnectionPool):
     ConnectionCls = _WatchedHTTPConnection
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        return _watch_kept(super()._get_conn(timeout))
 
 
 class _WatchedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        return _watch_kept(super()._get_conn(timeout))
 
 
 _POOLS: dict[str, type[HTTPConnectionPool]] = {
@@ -270,13 +291,18 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
                 todo.append(linked)
 
 
+def without(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with each of ``secrets`` (a token a server may echo) replaced by "…"."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "…")
+    return text
+
+
 def _shown(line: str, hide: Sequence[str] = ()) -> str:
     """The start of what the server sent, printable, without any of ``hide`` (a server
     may echo the request's token in what it sends back)."""
-    text = line.strip()
-    for secret in hide:
-        if secret:
-            text = text.replace(secret, "…")
+    text = without(line.strip(), hide)
     if not text.isprintable():
         text = repr(text)[1:-1]
     return text if len(text) <= _SHOWN_LINE else text[:_SHOWN_LINE] + "…"

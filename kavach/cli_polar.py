@@ -143,6 +143,10 @@ def run_polar(args: argparse.Namespace, environ: Mapping[str, str], stdout: Text
 # -- shared: masking, sending ---------------------------------------------------------
 
 
+#: The longest --timeout: a year (threading and sockets overflow a little above 2**33 s).
+_MAX_SECONDS = 365 * 24 * 3600.0
+
+
 def positive_seconds(text: str) -> float:
     """An ``argparse`` type: a finite number of seconds greater than 0."""
     try:
@@ -153,6 +157,8 @@ def positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"must be a finite number of seconds above 0, not {text!r}"
         )
+    if value > _MAX_SECONDS:  # a timer or a socket cannot wait longer (OverflowError)
+        raise argparse.ArgumentTypeError(f"at most {_MAX_SECONDS:g} seconds, not {text!r}")
     return value
 
 
@@ -713,7 +719,7 @@ class Doctor:
 
     # -- the token against the API --------------------------------------------------
     def _probe(self, base_url: str) -> _Probe:
-        from kavach.cli_http import exchange
+        from kavach.cli_http import exchange, without
 
         token = self.settings.token or ""
         url = base_url.rstrip("/") + "/v1/subscriptions/"
@@ -744,11 +750,15 @@ class Doctor:
             if isinstance(body.get("error"), str):
                 code = body["error"]
             list_page = "items" in body and "pagination" in body
+
+        def shown(value: str | None) -> str | None:  # the server may echo the token
+            return None if value is None else without(value, (token, token.strip()))
+
         return _Probe(
-            answer.status_code, answer.seconds, error_code=code,
+            answer.status_code, answer.seconds, error_code=shown(code),
             sandbox_header=answer.headers.get("x-polar-sandbox") == "1",
-            location=answer.headers.get("location"),
-            retry_after=answer.headers.get("retry-after"),
+            location=shown(answer.headers.get("location")),
+            retry_after=shown(answer.headers.get("retry-after")),
             list_page=list_page,
         )
 

@@ -389,3 +389,97 @@ def test_an_oserror_elsewhere_is_not_called_an_output_error(
     monkeypatch.setattr(kavach.cli_polar, "run_doctor", broken)  # bound at parser build
     with pytest.raises(PermissionError):
         main(["polar", "doctor"], environ={}, stdout=io.StringIO())
+
+
+# -- review: kept-alive connections, urllib3 1.26, echoed tokens, huge timeouts -------------
+
+
+def read_request(connection: socket.socket) -> None:
+    """Read one request, its head and a body of Content-Length bytes."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = connection.recv(65536)
+        if not more:
+            return
+        data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        body += connection.recv(65536)
+
+
+def test_doctor_bounds_a_second_ping_on_a_kept_alive_connection(serve: Serve) -> None:
+    # A whsec_ secret: two pings on the doctor's one session. The first answer keeps the
+    # connection alive, and the second ping goes through it: its headers trickle.
+    def behaviour(connection: socket.socket) -> None:
+        read_request(connection)
+        connection.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+        read_request(connection)
+        connection.sendall(b"HTTP/1.1 202 Accepted\r\nX-Slow: ")
+        stop = time.monotonic() + TRICKLE_BUDGET
+        while time.monotonic() < stop:
+            connection.sendall(b"a")
+            time.sleep(0.05)
+
+    server = serve(behaviour)
+    secret = "whsec_" + "A" * 42 + "Q"  # a base64 tail: standard and legacy keys
+    run, took = timed(lambda: kavach("polar", "doctor", "--timeout", str(TIMEOUT),
+                                     "--webhook-url", server.origin + "/webhook",
+                                     env={"POLAR_WEBHOOK_SECRET": secret}))
+    assert took < 3 * TIMEOUT, f"held {took:.1f} s with --timeout {TIMEOUT}"
+    assert run.check("webhook standard")[0] == "OK"
+    assert f"no answer within {TIMEOUT:g} s" in run.check("webhook legacy")[1]
+
+
+def test_a_body_shorter_than_its_length_is_an_error_whatever_urllib3(serve: Serve) -> None:
+    # urllib3 1.26 (requests allows it) does not check Content-Length: read_body does.
+    import requests
+
+    from kavach.cli_http import exchange, new_session
+
+    def behaviour(connection: socket.socket) -> None:
+        read_request(connection)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+
+    server = serve(behaviour)
+    with new_session() as session:
+        def send() -> requests.Response:
+            response = session.get(server.origin, stream=True, timeout=2)
+            response.raw.enforce_content_length = False  # as urllib3 1.26 does
+            return response
+
+        answer = exchange(send, server.origin, timeout=2, limit=1000)
+    assert answer.status_code is None
+    assert answer.error == f"the answer from {server.origin} broke off (ProtocolError)"
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        (b"HTTP/1.1 302 Found\r\nLocation: /login?t=TOKEN\r\n", "redirects to /login?t=…"),
+        (b"HTTP/1.1 429 Slow down\r\nRetry-After: TOKEN\r\n", "(retry-after … s)"),
+    ],
+    ids=["location", "retry-after"],
+)
+def test_doctor_never_shows_the_token_an_http_server_echoes(
+    serve: Serve, answer: bytes, words: str
+) -> None:
+    def behaviour(connection: socket.socket) -> None:
+        request = connection.recv(65536)
+        token = request.split(b"Bearer ", 1)[1].split(b"\r\n", 1)[0]
+        connection.sendall(answer.replace(b"TOKEN", token) + b"Content-Length: 0\r\n\r\n")
+        drain(connection)
+
+    server = serve(behaviour)
+    run = kavach("polar", "doctor", env={"POLAR_ACCESS_TOKEN": TOKEN,
+                                         "POLAR_API_URL": server.origin})
+    assert words in run.check("token valid")[1]
+    no_secrets(run)
+
+
+def test_a_timeout_too_long_for_a_timer_is_a_usage_error() -> None:
+    # threading.Timer and socket.settimeout overflow above ~2**33 s: a traceback before.
+    with pytest.raises(SystemExit) as exit_:
+        trigger("http://127.0.0.1:9/webhook", "--timeout", "1e10")
+    assert exit_.value.code == 2
