@@ -124,7 +124,8 @@ def _listing(store: Store, status: str | None, limit: int, offset: int) -> list[
 
     A row the store cannot read makes it refuse the whole listing
     (``StoreCorruptError``): the page is then read a row at a time, and each unreadable
-    row takes its place as its error, so one bad row hides no other. When the store
+    row takes its place as its error, so one bad row hides no other (a delivery
+    recorded meanwhile moves the rows down one: a row read again is skipped). When the store
     cannot even count (a JSON file that does not open), the error is the store's and
     ends the command."""
     try:
@@ -132,14 +133,23 @@ def _listing(store: Store, status: str | None, limit: int, offset: int) -> list[
     except StoreCorruptError:
         total = store.count_events(status=status)
     listed: list[Listed] = []
-    for position in range(offset, min(offset + limit, total)):
+    seen: set[str] = set()
+    position = offset
+    while len(listed) < limit and position < total:
         try:
             row = store.list_events(status=status, limit=1, offset=position)
         except StoreCorruptError as exc:
             listed.append(exc)
+            position += 1
             continue
+        position += 1
         if not row:
             break
+        if row[0].webhook_id in seen:
+            # Recorded meanwhile: a newer delivery moved the listing down one row.
+            total += 1
+            continue
+        seen.add(row[0].webhook_id)
         listed.append(row[0])
     return listed
 

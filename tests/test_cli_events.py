@@ -262,3 +262,34 @@ def test_a_json_store_holding_a_payload_that_is_not_text_is_an_error_naming_it(
     code, _ = run("polar", "events", "replay", "--failed", "--database", f"json://{path}",
                   env=ENV)
     assert code == 1 and "'payload' must be text" in capsys.readouterr().err
+
+
+def test_list_of_a_page_read_row_by_row_survives_a_delivery_recorded_meanwhile(
+    inbox: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A newer delivery lands at the head while the page is re-read a row at a time: every
+    # later row moves down one. It listed a row twice and stopped before the last one
+    # (here the unreadable row, so the listing said nothing was wrong and exited 0).
+    url, ok_id, failed_id = inbox
+    add_blob_payload(url, "blob-1")  # the oldest row
+    reads = {"single": 0}
+    list_events = SqlStore.list_events
+
+    def list_events_while_a_delivery_arrives(self: SqlStore, **page: int) -> object:
+        if page.get("limit") == 1:
+            reads["single"] += 1
+            if reads["single"] == 2:
+                with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db:
+                    db.execute(
+                        "insert into kavach_polar_events (webhook_id, event_type, received_at, "
+                        "payload, status, outcome, attempts) values ('new-1', 'order.paid', "
+                        "'2099-01-01 00:00:00.000000', '{}', 'received', NULL, 1)"
+                    )
+                    db.commit()
+        return list_events(self, **page)
+
+    monkeypatch.setattr(SqlStore, "list_events", list_events_while_a_delivery_arrives)
+    code, out = run("polar", "events", "list", "--database", url)
+    assert code == 1, out
+    assert out.count(ok_id) == 1 and out.count(failed_id) == 1
+    assert "unreadable row: the InboxEvent row of webhook_id 'blob-1'" in out

@@ -68,6 +68,10 @@ class Tables:
         #: Whether :meth:`_decide_email_key` decided between two users since these tables
         #: were loaded: the decision is not in the file yet.
         self.undecided_email_keys = False
+        #: The users :meth:`_decide_email_key` gave a legacy key since the last
+        #: :meth:`settle_email_keys`: decided midway through loading (snapshot, then
+        #: journal), not on the users as they are once loaded.
+        self._tentative_losers: set[str] = set()
 
     # -- reads ----------------------------------------------------------------------
     def user_by_email(self, email: str) -> UserRecord | None:
@@ -123,7 +127,7 @@ class Tables:
         user = self._user(user_id)
         if if_password_hash is not None and user.password_hash != if_password_hash:
             return None, user
-        if email is not None:
+        if email is not None and email != user.email:  # as SQL: the same email keeps its key
             holder = self.user_id_by_email.get(normalize_email(email))
             if holder is not None and holder != user_id:
                 raise EmailTakenError(email)
@@ -355,18 +359,46 @@ class Tables:
     def _decide_email_key(self, key: str, user: UserRecord, holder: UserRecord) -> None:
         """Give ``key`` to one of ``user`` and ``holder`` (:func:`_keeps_key`). The other
         keeps the key the older rule gave it, recorded in :attr:`legacy_email_keys`: the
-        JSON store writes it to its snapshot, so later loads do not decide again."""
+        JSON store writes it to its snapshot, so later loads do not decide again. The
+        decision is tentative (and not logged) until :meth:`settle_email_keys`."""
         winner, loser = (user, holder) if _keeps_key(user, holder) else (holder, user)
         self.user_id_by_email[key] = winner.id
+        self._tentative_losers.add(loser.id)
         legacy = loser.email.strip().casefold()  # the key before schema 4
         if legacy != key:  # (else the two had one key under the older rule too)
             self.legacy_email_keys[loser.id] = legacy
             self.user_id_by_email.setdefault(legacy, loser.id)
             self.undecided_email_keys = True
-        _log.warning(
-            "users %s and %s have the same normalized email; %s keeps it",
-            holder.id, user.id, winner.id,
-        )
+
+    def settle_email_keys(self) -> None:
+        """Decide again, on the users as they are now, what :meth:`_decide_email_key`
+        decided while they were loaded, and log the decisions: the snapshot's users are
+        indexed before the journal replays, and a decision made then must not outlive a
+        winner that leaves the address later in the journal (the SQL migration decides
+        on the rows as they are). Legacy keys read from the snapshot stay; nothing
+        happens when nothing was decided."""
+        if not self._tentative_losers:
+            return
+        for user_id in self._tentative_losers:
+            self.legacy_email_keys.pop(user_id, None)
+        self._tentative_losers.clear()
+        self.user_id_by_email.clear()
+        for user in self.users.values():
+            self._index_email(None, user)
+        for loser_id in sorted(self._tentative_losers):
+            loser = self.users[loser_id]
+            winner = self.user_id_by_email.get(normalize_email(loser.email))
+            _log.warning(
+                "users %s and %s have the same normalized email; %s keeps it",
+                winner, loser_id, winner,
+            )
+        self._tentative_losers.clear()
+
+    def drop_unknown_legacy_keys(self) -> None:
+        """Forget legacy keys of users that do not exist: a user created later under such
+        an id would otherwise never be indexed by its own email."""
+        for user_id in [u for u in self.legacy_email_keys if u not in self.users]:
+            del self.legacy_email_keys[user_id]
 
     def _put_subscription(self, state: SubscriptionState) -> None:
         previous = self.subscriptions.get(state.id)

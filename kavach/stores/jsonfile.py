@@ -46,7 +46,8 @@ raises :class:`~kavach.errors.StoreCorruptError` naming the file and line number
 
 Two users stored before schema 4 whose emails only the NFKC step of
 :func:`~kavach.stores.base.normalize_email` unifies: the store decides which one keeps the
-key when it first loads them (as the SQL store's migration does), and writes the
+key when it first loads them, on the users as the snapshot and the journal leave them
+(as the SQL store's migration decides on the rows as they are), and writes the
 decision to the snapshot at once (``legacy_email_keys``), so it is never made again. A
 user who later takes a key the winner gave up keeps it; the loser does not get it back.
 
@@ -274,6 +275,8 @@ class JsonFileStore(TableStore):
                 self._load_snapshot()
                 self._read_journal(size)
             self._journal_readable = True
+        # Keys decided while loading: decide them on the users as the journal left them.
+        self._tables.settle_email_keys()
         self._journal_size = size
 
     def _create_snapshot(self, *, writing: bool) -> None:
@@ -356,6 +359,7 @@ class JsonFileStore(TableStore):
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise StoreCorruptError(f"{self.path}: malformed record: {exc}") from exc
+        tables.drop_unknown_legacy_keys()
         return tables, generation, version
 
     def _read_journal(self, size: int) -> None:

@@ -807,6 +807,16 @@ def _is_retryable(exc: BaseException) -> bool:
     )
 
 
+def _unreadable_head(subscription_id: str, user_id: Any, version: Any) -> StoreCorruptError:
+    """The error :class:`_RowCodec` gives, for the ``(user_id, version)`` a conditional
+    write reads of a subscription's row without decoding it."""
+    column, value = ("version", version) if type(user_id) is str else ("user_id", user_id)
+    return StoreCorruptError(
+        f"the SubscriptionState row of id {subscription_id!r} holds an unreadable "
+        f"{column!r} value ({type(value).__name__})"
+    )
+
+
 class _Raced(Exception):
     """A write met a row another transaction wrote after this one read: the transaction
     is rolled back and run again (after reading that row)."""
@@ -1274,6 +1284,8 @@ class SqlStore:
         previous_user = previous_holder = None
         if head is not None:
             previous_user, stored_version = head
+            if type(previous_user) is not str or type(stored_version) is not int:
+                raise _unreadable_head(state.id, previous_user, stored_version)  # no codec read it
             if stored_version >= state.version:
                 return False
             if previous_user != state.user_id:  # it moved: lock its previous holder too

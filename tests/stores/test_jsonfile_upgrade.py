@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kavach.errors import StoreCorruptError
+from kavach.errors import EmailTakenError, StoreCorruptError
 from kavach.stores import _tables
 from kavach.stores.base import SCHEMA_VERSION
 from kavach.stores.jsonfile import JsonFileStore
@@ -236,3 +236,54 @@ def test_a_value_no_store_reads_back_as_its_type_is_refused_before_it_is_written
     with pytest.raises(TypeError):
         store.apply_subscription(state("s1", **fields))
     assert open_json().get_subscription("s1") is None  # nothing written; the store opens
+
+
+def test_a_winner_that_left_the_address_in_the_journal_does_not_lock_the_loser_out(
+    path: Path, open_json: Callable[..., JsonFileStore], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The schema 3 store's journal (not compacted yet) holds wide's email change: once
+    # loaded, nfd is the only user under the key, as the SQL migration sees the rows.
+    # Deciding on the snapshot alone, then replaying the journal, froze nfd out for good.
+    two_users_nfkc_takes_for_one_address(path, open_json, monkeypatch)
+    snapshot = json.loads(path.read_text())
+    snapshot["schema_version"] = SCHEMA_VERSION
+    path.write_text(json.dumps(snapshot))
+    with monkeypatch.context() as patch:
+        patch.setattr(_tables, "normalize_email", lambda e: e.strip().casefold())
+        old = open_json()
+        old.update_user("wide", email="wide@example.com")  # a journal line
+        old.close()
+    snapshot = json.loads(path.read_text())
+    snapshot["schema_version"] = 3
+    path.write_text(json.dumps(snapshot))
+    for store in (open_json(), open_json()):  # the upgrade, then a later load
+        found = store.get_user_by_email("jos\u00e9@example.com")
+        assert found is not None and found.id == "nfd"
+    assert "legacy_email_keys" not in json.loads(path.read_text())
+
+
+def test_the_user_that_lost_the_key_can_send_its_email_unchanged(
+    path: Path, open_json: Callable[..., JsonFileStore], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As on SQL: the same email is no change of key (a profile form sends it again).
+    two_users_nfkc_takes_for_one_address(path, open_json, monkeypatch)
+    store = open_json()
+    updated = store.update_user("nfd", email="jose\u0301@example.com", name="Jose")
+    assert updated.name == "Jose"
+    found = open_json().get_user_by_email("jos\u00e9@example.com")
+    assert found is not None and found.id == "wide"
+
+
+def test_a_legacy_key_of_a_user_that_does_not_exist_is_ignored(
+    path: Path, open_json: Callable[..., JsonFileStore],
+) -> None:
+    open_json().close()
+    snapshot = json.loads(path.read_text())
+    snapshot["legacy_email_keys"] = {"ghost": "whatever@example.com"}
+    path.write_text(json.dumps(snapshot))
+    store = open_json()
+    store.create_user(user("ghost", email="jane@example.com"))
+    found = open_json().get_user_by_email("JANE@example.com")
+    assert found is not None and found.id == "ghost"
+    with pytest.raises(EmailTakenError):
+        store.create_user(user("other", email="jane@example.com"))

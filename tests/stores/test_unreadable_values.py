@@ -150,6 +150,23 @@ def test_a_value_of_another_type_than_its_column_is_store_corrupt(
     store.close()
 
 
+@pytest.mark.parametrize("value", ["seven", b"\x07"], ids=["text", "blob"])
+def test_a_conditional_write_over_an_unreadable_version_is_store_corrupt(
+    tmp_path: Path, value: object
+) -> None:
+    # The conditional write reads the stored version itself (not through the codec):
+    # it compared "seven" with an int and raised a bare TypeError.
+    path = tmp_path / "k.db"
+    store = SqlStore.from_url(f"sqlite:///{path}")
+    store.create_user(user("u1"))
+    store.apply_subscription(state("sub1", user_id="u1", version=1))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE kavach_polar_subscriptions SET version = ?", (value,))
+    with pytest.raises(StoreCorruptError, match=r"SubscriptionState row of id 'sub1'.*'version'"):
+        store.apply_subscription(state("sub1", user_id="u1", version=2))
+    store.close()
+
+
 @pytest.mark.parametrize("kind", ["postgres", "mysql"])
 def test_a_payload_the_driver_hands_back_as_bytes_is_store_corrupt(
     request: pytest.FixtureRequest, kind: str
