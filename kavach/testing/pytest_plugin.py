@@ -12,6 +12,14 @@ Installed with kavach, so in any test suite::
 :class:`KavachTestApp`: a ``Kavach`` on the memory store with the Polar plugin pointed at
 ``fake_polar``, served by the built-in server on a free port, its webhook route registered
 with the fake. ``sign_webhook`` is re-exported for hand-made deliveries.
+
+``kavach_vcr_config`` is the redacting VCR config (:func:`~kavach.testing.polar_vcr_config`)
+with ``--record-mode`` honoured. It is opt-in: pytest-recording reads a fixture named
+``vcr_config``, which stays yours, so wire it in your conftest.py::
+
+    @pytest.fixture
+    def vcr_config(kavach_vcr_config):
+        return kavach_vcr_config
 """
 
 from __future__ import annotations
@@ -28,10 +36,11 @@ from kavach.core import Kavach, create_kavach
 from kavach.passwords import PasswordHasher
 from kavach.polar.plugin import PolarPlugin, polar
 from kavach.polar.webhooks import sign_webhook
+from kavach.testing.cassettes import polar_vcr_config
 from kavach.testing.fake_polar import FakePolar
 from kavach.users import User
 
-__all__ = ["KavachTestApp", "fake_polar", "kavach_app", "sign_webhook"]
+__all__ = ["KavachTestApp", "fake_polar", "kavach_app", "kavach_vcr_config", "sign_webhook"]
 
 TEST_PASSWORD = "correct horse battery staple"  # noqa: S105 - a test fixture's password
 
@@ -116,3 +125,15 @@ def kavach_app(fake_polar: FakePolar) -> Iterator[KavachTestApp]:
         server.server_close()
         thread.join(timeout=5)
         kavach.close()
+
+
+@pytest.fixture
+def kavach_vcr_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """:func:`~kavach.testing.polar_vcr_config` with the ``--record-mode`` given to pytest
+    (``none`` without one): tokens and webhook secrets redacted, loopback reachable.
+
+    pytest-recording lets a ``record_mode`` in ``vcr_config`` win over its command-line
+    option, hence the explicit lookup. Return it from your own ``vcr_config`` fixture.
+    """
+    mode = request.config.getoption("--record-mode", default=None) or "none"
+    return polar_vcr_config(mode)
