@@ -34,6 +34,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import requests
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.core.wsgi import get_wsgi_application
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
@@ -118,8 +119,11 @@ def polar_webhook(request: HttpRequest) -> HttpResponse:
     if plugin is None:
         return JsonResponse({"error": "not_found"}, status=404)
     try:
-        # The raw bytes (not request.POST) and request.headers (not request.META).
-        outcome = plugin.handle_webhook(request.body, request.headers)
+        body = request.body  # the raw bytes (not request.POST)
+    except RequestDataTooBig:  # over DATA_UPLOAD_MAX_MEMORY_SIZE: 413, as kavach's route
+        return JsonResponse({"error": "body_too_large"}, status=413)
+    try:
+        outcome = plugin.handle_webhook(body, request.headers)  # not request.META
     except WebhookVerificationError as exc:  # forged, stale, not JSON: Polar won't retry
         status = 413 if exc.reason == "body_too_large" else 400
         return JsonResponse({"error": exc.reason}, status=status)
@@ -132,6 +136,10 @@ def polar_webhook(request: HttpRequest) -> HttpResponse:
         response = JsonResponse({"error": "in_progress"}, status=503)
         response["Retry-After"] = str(exc.retry_after)
         return response
+    except Exception:  # a store error...: kavach's route answers 500 internal_error (Polar
+        # retries); Django's error page would be HTML, with DEBUG a traceback showing the body
+        logger.exception("polar webhook failed")
+        return JsonResponse({"error": "internal_error"}, status=500)
     return JsonResponse(outcome.to_json(), status=outcome.status_code)
 
 
@@ -154,6 +162,8 @@ class KavachMount:
         self.app = app
         self.kavach_app = kavach.wsgi_app
         self.prefix = kavach.config.base_path
+        if not self.prefix:  # base_path "/": every path would go to kavach, none to Django
+            raise ValueError("KavachMount needs a base_path other than '/'")
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path_info = environ.get("PATH_INFO", "")
