@@ -33,6 +33,7 @@ import pytest
 import requests
 
 from kavach.core import Kavach, create_kavach
+from kavach.errors import ConfigurationError
 from kavach.passwords import PasswordHasher
 from kavach.polar.plugin import PolarPlugin, polar
 from kavach.polar.webhooks import sign_webhook
@@ -127,6 +128,17 @@ def kavach_app(fake_polar: FakePolar) -> Iterator[KavachTestApp]:
         kavach.close()
 
 
+# The keys of polar_vcr_config a ``vcr`` marker's keyword would replace (pytest-recording
+# lets a marker win over ``vcr_config``), taking the redaction with them.
+_REDACTING_KEYS = (
+    "before_record_request",
+    "before_record",
+    "before_record_response",
+    "filter_headers",
+    "decode_compressed_response",
+)
+
+
 @pytest.fixture
 def kavach_vcr_config(request: pytest.FixtureRequest) -> dict[str, Any]:
     """:func:`~kavach.testing.polar_vcr_config` with the ``--record-mode`` given to pytest
@@ -134,6 +146,19 @@ def kavach_vcr_config(request: pytest.FixtureRequest) -> dict[str, Any]:
 
     pytest-recording lets a ``record_mode`` in ``vcr_config`` win over its command-line
     option, hence the explicit lookup. Return it from your own ``vcr_config`` fixture.
+    A ``vcr`` marker setting a hook or ``filter_headers`` would replace kavach's (the
+    marker wins) and is a :class:`~kavach.errors.ConfigurationError`: pass those to
+    :func:`~kavach.testing.polar_vcr_config` instead.
     """
+    for marker in request.node.iter_markers("vcr"):
+        for key in _REDACTING_KEYS:
+            if key in marker.kwargs:
+                raise ConfigurationError(
+                    f"@pytest.mark.vcr({key}=...) would replace kavach's redaction "
+                    "(pytest-recording lets the marker win over vcr_config) and let "
+                    f"secrets into the cassette: give {key} to polar_vcr_config(...) in a "
+                    "vcr_config fixture instead",
+                    field=key,
+                )
     mode = request.config.getoption("--record-mode", default=None) or "none"
     return polar_vcr_config(mode)
