@@ -90,16 +90,12 @@ def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> str | Non
 
 def _file_of(url: str) -> str | None:
     """The file a ``sqlite://`` or ``json://`` URL names (``None`` for other stores)."""
-    scheme, sep, rest = url.partition("://")
-    scheme = scheme.lower()
-    if not sep:
+    from kavach.stores._urls import file_path
+
+    if url.partition("://")[0].lower() not in ("sqlite", "json"):
         return None
-    if scheme == "sqlite":
-        path = rest[1:] if rest.startswith("/") else rest
-        return path if path and path != ":memory:" else None
-    if scheme == "json":
-        return rest or None
-    return None
+    path = file_path(url)
+    return path if path and path != ":memory:" else None
 
 
 def _open_existing(args: argparse.Namespace, environ: Mapping[str, str]) -> Store:

@@ -11,7 +11,7 @@ from kavach.clock import Clock
 from kavach.errors import InvalidCredentialsError, InvalidInputError
 from kavach.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, PasswordHasher
 from kavach.records import UserRecord
-from kavach.stores.base import Store, encodable_text, normalize_email
+from kavach.stores.base import Store, encodable_text, normalize_email, utf8_text
 
 MAX_EMAIL_LENGTH = 254
 MAX_NAME_LENGTH = 200
@@ -29,15 +29,6 @@ class User:
     @classmethod
     def from_record(cls, record: UserRecord) -> User:
         return cls(id=record.id, email=record.email, name=record.name, created_at=record.created_at)
-
-
-def _has_lone_surrogate(text: str) -> bool:
-    """``True`` when ``text`` cannot be encoded as UTF-8 (a lone UTF-16 surrogate)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _could_be_stored(email: object) -> bool:
@@ -81,7 +72,7 @@ def validate_password(password: object) -> str:
         raise InvalidInputError(
             f"password must have at most {MAX_PASSWORD_LENGTH} characters", field="password"
         )
-    if _has_lone_surrogate(password):
+    if not utf8_text(password):
         raise InvalidInputError("password is not valid Unicode text", field="password")
     return password
 
@@ -172,7 +163,7 @@ class Users:
         if (
             not isinstance(password, str)
             or len(password) > MAX_PASSWORD_LENGTH
-            or _has_lone_surrogate(password)  # never a stored password; argon2 cannot take it
+            or not utf8_text(password)  # never a stored password; argon2 cannot take it
         ):
             raise InvalidCredentialsError()
         if record is None or record.password_hash is None:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from kavach.clock import Clock
 from kavach.errors import ConfigurationError, WebhookVerificationError
+from kavach.stores.base import utf8_text
 
 Derivation = Literal["standard", "legacy"]
 
@@ -66,13 +67,11 @@ def validate_webhook_secret(value: object, field: str = "webhook_secret") -> str
         raise ConfigurationError(f"{field} must be a non-empty string", field=field)
     if value != value.strip():
         raise ConfigurationError(f"{field} has leading or trailing whitespace", field=field)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
+    if not utf8_text(value):
         raise ConfigurationError(
             f"{field} is not valid UTF-8 text (undecodable bytes: check how it was pasted)",
             field=field,
-        ) from None
+        )
     return value
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kavach.errors import ConfigurationError
-from kavach.stores._urls import redacted
+from kavach.stores._urls import file_path, redacted
 from kavach.stores.base import SCHEMA_VERSION, Store, normalize_email
 
 __all__ = ["SCHEMA_VERSION", "Store", "normalize_email", "open_store"]
@@ -77,7 +77,7 @@ def open_store(database: Any = None) -> Store:
 
 
 def _open_url(url: str) -> Store:
-    scheme, sep, rest = url.partition("://")
+    scheme, sep, _ = url.partition("://")
     scheme = scheme.lower()
     if not sep:
         raise ConfigurationError(
@@ -90,7 +90,7 @@ def _open_url(url: str) -> Store:
     if scheme == "json":
         from kavach.stores.jsonfile import JsonFileStore
 
-        path = rest
+        path = file_path(url)
         if not path:
             raise ConfigurationError("json:// URL needs a file path", field="database")
         return JsonFileStore(path)

@@ -30,7 +30,7 @@ from kavach.records import (
     UserRecord,
 )
 from kavach.stores import _rules
-from kavach.stores.base import normalize_email
+from kavach.stores.base import legacy_email_key, normalize_email
 
 _log = logging.getLogger("kavach.stores")
 
@@ -364,7 +364,7 @@ class Tables:
         winner, loser = (user, holder) if _keeps_key(user, holder) else (holder, user)
         self.user_id_by_email[key] = winner.id
         self._tentative_losers.add(loser.id)
-        legacy = loser.email.strip().casefold()  # the key before schema 4
+        legacy = legacy_email_key(loser.email)
         if legacy != key:  # (else the two had one key under the older rule too)
             self.legacy_email_keys[loser.id] = legacy
             self.user_id_by_email.setdefault(legacy, loser.id)
@@ -422,8 +422,8 @@ def _keeps_key(user: UserRecord, holder: UserRecord | None) -> bool:
     if holder is None:
         return True
     key = normalize_email(user.email)
-    user_stable = user.email.strip().casefold() == key
-    holder_stable = holder.email.strip().casefold() == key
+    user_stable = legacy_email_key(user.email) == key
+    holder_stable = legacy_email_key(holder.email) == key
     if user_stable != holder_stable:
         return user_stable
     return (user.created_at, user.id) < (holder.created_at, holder.id)

@@ -9,6 +9,16 @@ from urllib.parse import parse_qsl, urlencode
 _SECRET_PARAMETERS = ("pass", "secret", "token")
 
 
+def file_path(url: str) -> str:
+    """The path a ``sqlite://`` or ``json://`` URL names, as the store opens it
+    (``sqlite:///app.db`` -> ``app.db``, ``sqlite:////srv/app.db`` -> ``/srv/app.db``,
+    ``json://data.json`` -> ``data.json``); ``""`` when it names none."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() == "sqlite":
+        return rest[1:] if rest.startswith("/") else rest
+    return rest
+
+
 def redacted(url: str) -> str:
     """``url`` with its password, and any secret query parameter, replaced by ``***``
     (a URL's query goes to the driver, so it may hold the password too)."""

@@ -42,6 +42,13 @@ def normalize_email(email: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
+def legacy_email_key(email: str) -> str:
+    """The key schema 3 and earlier gave an email: stripped and case-folded, without
+    NFKC. An account that an upgrade found sharing its :func:`normalize_email` key with
+    an older one keeps this key (every store decides alike)."""
+    return email.strip().casefold()
+
+
 #: The longest text a store keeps in an id or name column (the SQL stores' VARCHAR(255)).
 MAX_TEXT_LENGTH = 255
 
@@ -53,8 +60,12 @@ def encodable_text(value: str) -> bool:
     refuse it differently (or not at all), and a retry could not help."""
     if "\x00" in value:
         return False
-    if value.isascii():
-        return True
+    return value.isascii() or utf8_text(value)
+
+
+def utf8_text(value: str) -> bool:
+    """Whether ``value`` encodes as UTF-8: no lone UTF-16 surrogate (a JSON ``\\ud800``
+    escape, or undecodable bytes in an environment variable, make one)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

@@ -128,8 +128,8 @@ from kavach.stores._codec import (
     as_utc,
     utc_record,
 )
-from kavach.stores._urls import redacted
-from kavach.stores.base import SCHEMA_VERSION, normalize_email
+from kavach.stores._urls import file_path, redacted
+from kavach.stores.base import SCHEMA_VERSION, legacy_email_key, normalize_email
 
 Dialect = Literal["sqlite", "postgres", "mysql"]
 
@@ -226,7 +226,8 @@ class _RowCodec(Generic[R]):
         self._typed: tuple[tuple[int, type[Any]], ...] = tuple(
             (i, plain[name]) for i, name in enumerate(self.columns) if name in plain
         )
-        self._key_position = self.columns.index(KEY_FIELDS[cls])
+        self._key_field = KEY_FIELDS[cls]
+        self._key_position = self.columns.index(self._key_field)
 
     def decode(self, row: Sequence[Any]) -> R:
         """The record a ``SELECT`` of :attr:`columns` returned.
@@ -254,16 +255,18 @@ class _RowCodec(Generic[R]):
         """The error for column ``position`` of a row: its record type, the row's key
         (a session's user, not its token hash) and the column, never the value (it may be
         a hash or a token's)."""
-        key_field = KEY_FIELDS[self.cls]
         key = values[self._key_position]
-        row = (
-            f"a {self.cls.__name__} row"
-            if position == self._key_position or type(key) is not str
-            else f"the {self.cls.__name__} row of {key_field} {key!r}"
-        )
+        if position == self._key_position or type(key) is not str:
+            key = None
+        return self.unreadable(key, self.columns[position], values[position])
+
+    def unreadable(self, key: str | None, column: str, value: Any) -> StoreCorruptError:
+        """The error for a ``column`` holding ``value`` in the row of ``key`` (``None``:
+        a row that cannot be named), read with this codec or without it."""
+        name = self.cls.__name__
+        row = f"a {name} row" if key is None else f"the {name} row of {self._key_field} {key!r}"
         return StoreCorruptError(
-            f"{row} holds an unreadable {self.columns[position]!r} value "
-            f"({type(values[position]).__name__})"
+            f"{row} holds an unreadable {column!r} value ({type(value).__name__})"
         )
 
     def value(self, name: str, value: Any) -> Any:
@@ -704,7 +707,7 @@ def _lookup_key(email: str) -> str:
     (case folding alone: see :func:`_migrate_to_v4`), and is found by that one."""
     key = normalize_email(email)
     if len(key) > _EMAIL_KEY_LENGTH:
-        return email.strip().casefold()
+        return legacy_email_key(email)
     return key
 
 
@@ -726,8 +729,7 @@ def _users_oldest_first(db: Any) -> Iterator[tuple[str, str, str]]:
             yield user_id, email, stored
         if len(rows) < _MIGRATION_BATCH:
             return
-        _, _, _, last_created = rows[-1]
-        last_id = rows[-1][0]
+        last_id, _, _, last_created = rows[-1]
         rows = db.execute_sql(
             f"{columns} WHERE created_at > {param} OR (created_at = {param} AND id > {param}) "
             f"{order}",
@@ -804,16 +806,6 @@ def _is_retryable(exc: BaseException) -> bool:
     args = getattr(error, "args", ())
     return type(error).__module__.startswith(("pymysql", "MySQLdb")) and bool(
         args and args[0] == _MYSQL_DEADLOCK
-    )
-
-
-def _unreadable_head(subscription_id: str, user_id: Any, version: Any) -> StoreCorruptError:
-    """The error :class:`_RowCodec` gives, for the ``(user_id, version)`` a conditional
-    write reads of a subscription's row without decoding it."""
-    column, value = ("version", version) if type(user_id) is str else ("user_id", user_id)
-    return StoreCorruptError(
-        f"the SubscriptionState row of id {subscription_id!r} holds an unreadable "
-        f"{column!r} value ({type(value).__name__})"
     )
 
 
@@ -1284,8 +1276,11 @@ class SqlStore:
         previous_user = previous_holder = None
         if head is not None:
             previous_user, stored_version = head
-            if type(previous_user) is not str or type(stored_version) is not int:
-                raise _unreadable_head(state.id, previous_user, stored_version)  # no codec read it
+            # Read without the codec: checked as it checks.
+            if type(previous_user) is not str:
+                raise self._subscriptions.unreadable(state.id, "user_id", previous_user)
+            if type(stored_version) is not int:
+                raise self._subscriptions.unreadable(state.id, "version", stored_version)
             if stored_version >= state.version:
                 return False
             if previous_user != state.user_id:  # it moved: lock its previous holder too
@@ -1538,12 +1533,12 @@ def _driver_options(query: str) -> dict[str, Any]:
 
 
 def _database_from_url(url: str) -> peewee.Database:
-    scheme, sep, rest = url.partition("://")
+    scheme, sep, _ = url.partition("://")
     scheme = scheme.lower()
     if not sep:
         raise ConfigurationError(f"not a database URL: {redacted(url)!r}", field="database")
     if scheme == "sqlite":
-        path = rest[1:] if rest.startswith("/") else rest
+        path = file_path(url)
         if not path:
             raise ConfigurationError("sqlite:// URL needs a file path", field="database")
         if path == ":memory:":  # one connection, shared by all threads
